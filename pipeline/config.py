@@ -1,0 +1,317 @@
+"""Configuration: one YAML file per stage and model size, loaded into pydantic models.
+
+A recipe is a plain YAML file (`configs/<size>/<stage>.yaml`), readable on its own, open-r1 style. It is
+validated strictly: an unknown key or a bad value is an error naming the file, the key and the expected
+type, because a typo silently ignored costs a GPU-day. Command-line overrides (`--set train.learning_rate=2e-5`)
+are applied to the raw YAML before validation, so they get the same checks.
+
+Each stage owns its section classes below; `STAGE_CONFIGS` maps a stage name to its top-level model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared sections
+# ----------------------------------------------------------------------------------------------------
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        "tiny", description="hub id, local folder, or 'tiny' for the locally built tiny Qwen2.5-VL"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    freeze_vision: bool = Field(True, description="the paper freezes the vision encoder")
+    freeze_projector: bool = Field(False, description="the paper trains the projector (merger)")
+
+
+class LoraSection(Section):
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    merge_at_end: bool = Field(True, description="merge the adapter into the final model")
+
+
+class FramesSection(Section):
+    """How the selector sees a video: T candidate frames, each resized to at most max_pixels."""
+
+    num_candidates: int = Field(256, gt=0, description="T, uniformly sampled candidate frames (paper: 256)")
+    max_pixels: int = Field(128 * 28 * 28, gt=0, description="pixels per frame after resizing")
+    min_pixels: int = Field(4 * 28 * 28, gt=0)
+    cache_size: int = Field(8, ge=0, description="decoded videos kept in memory by the batch builder")
+
+
+class TrainSection(Section):
+    learning_rate: float = Field(1e-5, gt=0, description="paper: 1e-5 for SFT, 1e-6 for RL")
+    per_device_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: use num_epochs")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(3, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    seed: int = 42
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    max_length: int | None = Field(None, gt=0)
+    dataloader_num_workers: int = Field(0, ge=0)
+    report_to: list[str] = Field(default_factory=list)
+
+
+class TaskFilesSection(Section):
+    train_file: str
+    eval_file: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data (PeakClips) stage
+# ----------------------------------------------------------------------------------------------------
+
+
+class VideoSection(Section):
+    decode_batch_size: int = Field(32, gt=0, description="frames decoded per batch; bounds memory")
+    num_threads: int = Field(1, ge=0, description="decord decoding threads (0: auto)")
+
+
+class ScenesSection(Section):
+    """Histogram scene segmentation and its post-processing (issue 3)."""
+
+    threshold: float = Field(0.05, gt=0, lt=1, description="HistogramDetector threshold")
+    bins: int = Field(256, gt=0)
+    downscale_width: int = Field(160, gt=0, description="frames are decoded at this width for detection")
+    min_scene_len_s: float = Field(0.6, ge=0, description="shorter scenes are merged into a neighbour")
+    max_scene_len_s: float | None = Field(60.0, gt=0, description="longer scenes are split evenly")
+    gradual: Literal["none", "adaptive", "fade"] = Field(
+        "fade", description="extra handling of gradual transitions (fades/dissolves)"
+    )
+
+
+class LLMSection(Section):
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: str = "tiny"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    cache_dir: str | None = None
+
+
+class DataConfig(Section):
+    stage: Literal["data"] = "data"
+    videos_dir: str | None = None
+    output_dir: str = "runs/data"
+    video: VideoSection = Field(default_factory=VideoSection)
+    scenes: ScenesSection = Field(default_factory=ScenesSection)
+    llm: LLMSection = Field(default_factory=LLMSection)
+    frames: FramesSection = Field(default_factory=FramesSection)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training stages
+# ----------------------------------------------------------------------------------------------------
+
+
+class SFTConfig(Section):
+    stage: Literal["sft1", "sft2"]
+    output_dir: str
+    init_from: str | None = Field(None, description="previous stage's output folder (its final/ is loaded)")
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    frames: FramesSection = Field(default_factory=FramesSection)
+    data: TaskFilesSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (usually set by accelerate)")
+
+
+class DownstreamSection(Section):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    model: str = "tiny"
+    url: str | None = Field(None, description="vLLM OpenAI-compatible base URL, e.g. http://node:8000/v1")
+    max_pixels: int = Field(256 * 28 * 28, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, gt=0)
+
+
+class RewardSection(Section):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"downstream_logprob": 1.0, "format": 0.5},
+        description="reward name -> weight (rewards.registry)",
+    )
+    tau: float = Field(1.0, gt=0)
+    k: int = Field(8, gt=0)
+    mode: Literal["focused", "hybrid", "auto", "set"] = "auto"
+    unparseable: Literal["uniform", "floor"] = "uniform"
+    floor: float = Field(-1.0, ge=-1, le=1)
+    downstream: DownstreamSection = Field(default_factory=DownstreamSection)
+
+
+class GRPOSection(Section):
+    num_generations: int = Field(8, gt=1)
+    beta: float = Field(0.01, ge=0, description="KL coefficient (paper: 0.01)")
+    max_completion_length: int = Field(256, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    use_vllm: bool = False
+    vllm_mode: Literal["server", "colocate"] = "colocate"
+
+
+class GRPOConfig(Section):
+    stage: Literal["grpo"] = "grpo"
+    output_dir: str
+    init_from: str | None = None
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    frames: FramesSection = Field(default_factory=FramesSection)
+    data: TaskFilesSection
+    train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-6))
+    grpo: GRPOSection = Field(default_factory=GRPOSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    deepspeed: str | None = None
+
+
+STAGE_CONFIGS: dict[str, type[Section]] = {
+    "data": DataConfig,
+    "sft1": SFTConfig,
+    "sft2": SFTConfig,
+    "grpo": GRPOConfig,
+}
+
+C = TypeVar("C", bound=BaseModel)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=2e-5` -> (["train", "learning_rate"], 2e-05). The value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.learning_rate=2e-5")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "2e-5" as a string (no dot); numbers are what a user means there.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def _expected_type(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """The annotation of the field at `loc`, for error messages."""
+    cls: Any = model
+    ann: Any = None
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        cls = ann
+        if get_origin(ann) is not None:  # Optional[X] etc.: look through to a model if there is one
+            models = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            cls = models[0] if models else None
+    if ann is None:
+        return None
+    return getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann).replace("typing.", "")
+
+
+def validate_config(raw: dict[str, Any], model: type[C], source: str) -> C:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            if err.get("type") == "extra_forbidden":
+                lines.append(f"{source}: {key}: unknown key")
+                continue
+            expected = _expected_type(model, loc)
+            hint = f" (expected {expected})" if expected else ""
+            lines.append(f"{source}: {key}: {err.get('msg')}{hint}, got {err.get('input')!r}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | os.PathLike[str], model: type[C], overrides: list[str] | None = None) -> C:
+    """Load a YAML file into `model`, after applying `--set` overrides."""
+    raw = apply_overrides(load_yaml(path), overrides)
+    return validate_config(raw, model, str(path))
+
+
+def load_stage_config(stage: str, path: str | os.PathLike[str], overrides: list[str] | None = None) -> BaseModel:
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"unknown stage {stage!r}; expected one of {', '.join(STAGE_CONFIGS)}")
+    cfg = load_config(path, STAGE_CONFIGS[stage], overrides)
+    declared = getattr(cfg, "stage", stage)
+    if declared != stage:
+        raise ConfigError(f"{path}: stage: this file is for stage {declared!r}, not {stage!r}")
+    return cfg
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

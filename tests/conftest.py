@@ -1,0 +1,31 @@
+"""Shared fixtures: the tiny local model (built once per session), the real test videos in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real videos with known cuts, NExT-QA questions); skips when it is absent."""
+    if not (SHARED_DATA / "ground_truth.json").is_file():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (CI has it beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny Qwen2.5-VL with processor, built locally once (cached under $KFRAMES_CACHE)."""
+    from pipeline.tiny_model import build_tiny_model
+
+    cache = os.environ.get("KFRAMES_CACHE") or str(ROOT / ".cache" / "kframes")
+    return build_tiny_model(cache)
