@@ -19,6 +19,7 @@ from pipeline.errors import KframesError
 # it adds sets `func=handler(args) -> int | None`.
 COMMAND_MODULES: list[str] = [
     "pipeline.commands_basic",
+    "pipeline.commands_eval",
 ]
 
 
