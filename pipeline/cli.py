@@ -19,7 +19,12 @@ from pipeline.errors import KframesError
 # it adds sets `func=handler(args) -> int | None`.
 COMMAND_MODULES: list[str] = [
     "pipeline.commands_basic",
+    "data_builder.commands_data",
+    "pipeline.commands_select",
     "pipeline.commands_eval",
+    "stages.commands",
+    "pipeline.commands_pipeline",
+    "pipeline.commands_submit",
 ]
 
 

@@ -111,16 +111,86 @@ class ScenesSection(Section):
 
 
 class LLMSection(Section):
-    backend: Literal["transformers", "openai"] = "transformers"
-    model: str = "tiny"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    """The annotating model (issue 4, data_builder.llm): captions, chapters, queries, relevance scores."""
+
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers", description="transformers: a local chat VLM/LLM; openai: any OpenAI-compatible server"
+    )
+    model: str = Field("tiny", description="hub id or folder (transformers), served model name (openai), or 'tiny'")
+    base_url: str | None = Field(None, description="openai: e.g. http://node:8000/v1 (vllm serve) or a hosted API")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key (never logged)")
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="prompts per generate() call (transformers) or in flight (openai)")
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    cache_dir: str | None = None
+    max_retries: int = Field(3, ge=0, description="retries after a timeout, a 5xx/429 or a malformed answer")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    max_image_pixels: int = Field(448 * 448, gt=0, description="frames sent to the LLM are resized to at most this")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_dir: str | None = Field(None, description="answer cache (default: <output_dir>/llm_cache)")
+
+
+class CaptionsSection(Section):
+    """Hierarchical captions (data_builder.captions): scene -> chapter -> video summary."""
+
+    frames_per_scene: int = Field(4, gt=0, description="n frames shown to the LLM per scene caption")
+    import_file: str | None = Field(
+        None, description="JSON of existing captions per video_id (scene-indexed or time spans); skips the LLM for them"
+    )
+    chapter_grouping: Literal["llm", "fixed"] = Field(
+        "llm", description="llm: the LLM groups consecutive scene captions (fallback: fixed); fixed: chapter_size scenes"
+    )
+    chapter_size: int = Field(4, gt=0, description="scenes per chapter for `fixed` (and the llm fallback)")
+    max_reasks: int = Field(1, ge=0, description="re-asks for a malformed chapter grouping")
+
+
+class QueriesSection(Section):
+    source: Literal["user", "llm", "both"] = Field("user", description="user: a JSONL file; llm: generated per video")
+    file: str | None = Field(None, description="JSONL: video_id, text, optional options, answer, query_id")
+    per_video: int = Field(3, ge=0, description="queries the LLM writes per video (source llm/both)")
+    num_options: int = Field(4, ge=2, description="options of a generated multiple-choice query")
+    max_reasks: int = Field(1, ge=0)
+
+
+class RelevanceSection(Section):
+    """Per-scene relevance (data_builder.relevance). Final score formula in the module docstring."""
+
+    scorer: Literal["llm", "embedding", "lexical"] = Field(
+        "llm", description="llm: 1-5 + reason from the caption hierarchy; embedding: sentence-transformers; "
+        "lexical: BM25 query/caption overlap (model-free)"
+    )
+    max_reasks: int = Field(2, ge=0, description="re-asks for a malformed LLM answer before recording a failure")
+    embedding_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", description="embedding scorer's model")
+    similarity_model: str | None = Field(
+        None, description="CLIP/SigLIP id or folder ('tiny-clip' locally) to refine scores; None: no refinement"
+    )
+    similarity_weight: float = Field(0.5, ge=0, le=4, description="w in score = clip(llm + w*(2*sim_rel - 1), 1, 5)")
+    frames_per_scene: int = Field(4, gt=0, description="frames per scene compared with the query by similarity")
+
+
+class ClipsSection(Section):
+    """P1/P2 clips from final scene scores (data_builder.clips)."""
+
+    p1_threshold: float = Field(4.9, ge=1, le=5, description="score >= this: P1 (paper: 4.9)")
+    p2_threshold: float = Field(4.3, ge=1, le=5, description="score in [p2, p1): P2 (paper: 4.3)")
+    merge_adjacent: bool = Field(True, description="merge consecutive scenes of one priority into one clip")
+    sparsity_filter: bool = Field(False, description="KVTP: drop queries whose relevance covers most of the video")
+    sparsity_beta: float = Field(1.5, gt=0, description="KVTP beta: keep if max(r) >= beta*alpha (paper: 1.5-2.3)")
+    sparsity_points: int = Field(64, gt=1, description="N frames of the uniform grid the sparsity is measured on")
+    sparsity_temperature: float = Field(1.0, gt=0, description="softmax temperature over the 1-5 scores")
+
+
+class TasksSection(Section):
+    """Training examples of each stage (data_builder.tasks)."""
+
+    sft1_mix: dict[str, float] = Field(
+        default_factory=lambda: {"caption_to_scene": 1.0, "scene_to_caption": 1.0, "relevance": 1.0},
+        description="relative share of each SFT1 task; 0 disables one",
+    )
+    sft1_max_examples: int | None = Field(None, gt=0, description="cap on SFT1 examples (after mixing)")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of VIDEOS held out for validation")
+    seed: int = 0
 
 
 class DataConfig(Section):
@@ -131,6 +201,11 @@ class DataConfig(Section):
     scenes: ScenesSection = Field(default_factory=ScenesSection)
     llm: LLMSection = Field(default_factory=LLMSection)
     frames: FramesSection = Field(default_factory=FramesSection)
+    captions: CaptionsSection = Field(default_factory=CaptionsSection)
+    queries: QueriesSection = Field(default_factory=QueriesSection)
+    relevance: RelevanceSection = Field(default_factory=RelevanceSection)
+    clips: ClipsSection = Field(default_factory=ClipsSection)
+    tasks: TasksSection = Field(default_factory=TasksSection)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,13 +226,22 @@ class SFTConfig(Section):
 
 
 class DownstreamSection(Section):
+    """The frozen downstream MLLM that answers the multiple-choice question (reward and eval; rewards.backends)."""
+
     backend: Literal["transformers", "vllm"] = "transformers"
-    model: str = "tiny"
+    model: str = Field("tiny", description="hub id or folder ('tiny': the local tiny Qwen2.5-VL); vllm: served name")
     url: str | None = Field(None, description="vLLM OpenAI-compatible base URL, e.g. http://node:8000/v1")
     max_pixels: int = Field(256 * 28 * 28, gt=0)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
-    concurrency: int = Field(8, gt=0)
+    concurrency: int = Field(8, gt=0, description="vllm: requests in flight at once")
+    batch_size: int = Field(4, gt=0, description="transformers: questions per forward pass")
+    device: str = Field("auto", description="transformers: 'auto' (cuda if available), 'cpu', 'cuda:0', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    top_logprobs: int = Field(20, gt=0, description="vllm: top_logprobs asked for (server's --max-logprobs caps it)")
+    image_format: Literal["png", "jpeg"] = Field(
+        "png", description="vllm: data-URL encoding; png is lossless (same pixels as in-process), jpeg is smaller"
+    )
 
 
 class RewardSection(Section):
@@ -168,8 +252,12 @@ class RewardSection(Section):
     tau: float = Field(1.0, gt=0)
     k: int = Field(8, gt=0)
     mode: Literal["focused", "hybrid", "auto", "set"] = "auto"
-    unparseable: Literal["uniform", "floor"] = "uniform"
+    unparseable: Literal["uniform", "floor"] = Field(
+        "uniform", description="task reward of an unparseable completion: from uniform frames, or `floor`"
+    )
     floor: float = Field(-1.0, ge=-1, le=1)
+    priority_weights: dict[str, float] | None = Field(None, description="any-k sampler weights (None: P1=2, P2=1)")
+    background_share: float = Field(0.25, ge=0, lt=1, description="hybrid mode: share of k spent outside the clips")
     downstream: DownstreamSection = Field(default_factory=DownstreamSection)
 
 
@@ -178,8 +266,10 @@ class GRPOSection(Section):
     beta: float = Field(0.01, ge=0, description="KL coefficient (paper: 0.01)")
     max_completion_length: int = Field(256, gt=0)
     temperature: float = Field(1.0, gt=0)
-    use_vllm: bool = False
+    use_vllm: bool = Field(False, description="generate completions with vLLM (TRL; GPU only)")
     vllm_mode: Literal["server", "colocate"] = "colocate"
+    vllm_server_url: str | None = Field(None, description="server mode: `trl vllm-serve` base URL")
+    log_completions: bool = False
 
 
 class GRPOConfig(Section):
@@ -233,12 +323,140 @@ class EvalConfig(Section):
     video_cache: int = Field(4, ge=0, description="decoded videos kept in memory")
 
 
+# ----------------------------------------------------------------------------------------------------
+# The whole curriculum (issue 8): `kframes run`, and cluster profiles for `kframes submit`
+# ----------------------------------------------------------------------------------------------------
+
+
+class SamplesSection(Section):
+    """Synthetic sample videos made before the data stage (data_builder.synthetic): the demo and the tests.
+
+    Each video is a run of distinct scenes (a coloured shape each) with captions and multiple-choice queries
+    whose answer is visible in exactly one scene, so a selector's frames can be scored against the truth.
+    `heldout_videos` never reach the data stage: the select and eval stages ask their queries.
+    """
+
+    train_videos: int = Field(6, gt=0, description="videos PeakClips and the training tasks are built from")
+    heldout_videos: int = Field(2, gt=0, description="unseen videos whose queries the select/eval stages answer")
+    seed: int = 0
+    min_scenes: int = Field(3, gt=1)
+    max_scenes: int = Field(5, gt=1)
+
+
+class PipelineStagesSection(Section):
+    """The recipe of each stage. `kframes run` rewires their folders (see PipelineConfig)."""
+
+    data: str = Field(description="data recipe (configs/<size>/data.yaml)")
+    sft1: str
+    sft2: str
+    grpo: str
+    eval: str | None = Field(None, description="eval recipe; None: the eval stage is left out")
+
+
+class PipelineSelectSection(Section):
+    """The select stage: the trained selector picks k frames for each held-out question (pipeline.select)."""
+
+    questions: str | None = Field(
+        None,
+        description="JSONL of held-out questions (video, question, options, answer); default: the sample videos' "
+        "held-out queries, else the GRPO validation tasks",
+    )
+    k: int = Field(8, gt=0)
+    mode: Literal["focused", "hybrid", "auto", "set", "soft"] = "auto"
+    num_candidates: int | None = Field(None, gt=0, description="T (default: the GRPO recipe's frames.num_candidates)")
+    max_pixels: int | None = Field(None, gt=0, description="default: the GRPO recipe's frames.max_pixels")
+    max_new_tokens: int = Field(256, gt=0)
+    limit: int | None = Field(None, gt=0, description="only the first N questions")
+
+
+class PipelineConfig(Section):
+    """data -> sft1 -> sft2 -> grpo -> select -> eval under one folder.
+
+    The stage recipes stay as they are on disk; the pipeline overrides only the wiring, so that every stage
+    reads what the previous one wrote: `<output_dir>/<stage>` as each output folder, the data stage's task
+    files as the training data, SFT1 -> SFT2 -> GRPO through `init_from`, and the GRPO model as the selector
+    that select and eval use. `overrides` adds `--set`-style changes per stage.
+    """
+
+    stage: Literal["pipeline"] = "pipeline"
+    output_dir: str = "runs/pipeline"
+    stages: PipelineStagesSection
+    samples: SamplesSection | None = Field(None, description="generate sample videos first (demo, tests)")
+    select: PipelineSelectSection = Field(default_factory=PipelineSelectSection)
+    eval_on: Literal["heldout", "recipe"] = Field(
+        "heldout",
+        description="heldout: eval asks the select stage's held-out questions; recipe: the eval recipe's own "
+        "benchmark and data (MLVU, Video-MME, ...)",
+    )
+    overrides: dict[Literal["data", "sft1", "sft2", "grpo", "eval"], list[str]] = Field(
+        default_factory=dict, description="stage -> list of KEY=VALUE applied to its recipe"
+    )
+
+
+class SlurmStageSection(Section):
+    """Per-stage changes to the profile's resources (unset fields keep the profile's value)."""
+
+    nodes: int | None = Field(None, gt=0)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_node: int | None = Field(None, gt=0)
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    accelerate_config: str | None = None
+
+
+class SlurmVLLMSection(Section):
+    """The vLLM server that answers the GRPO reward's downstream questions (reward.downstream.backend=vllm)."""
+
+    placement: Literal["node", "step"] = Field(
+        "node", description="node: its own node(s) in the job; step: a job step on the first training node's GPUs"
+    )
+    nodes: int = Field(1, gt=0, description="placement=node: nodes given to the server")
+    gpus: int = Field(1, gt=0, description="GPUs of the server (tensor parallel size)")
+    model: str | None = Field(None, description="default: the GRPO recipe's reward.downstream.model")
+    port: int = Field(8000, gt=0, lt=65536)
+    setup: list[str] = Field(default_factory=list, description="shell lines before `vllm serve` (its own venv)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+    wait_timeout_s: int = Field(1800, gt=0, description="the trainer waits this long for the server to answer")
+
+
+class SlurmProfile(Section):
+    """A Slurm cluster profile for `kframes submit` (configs/cluster/slurm.yaml)."""
+
+    pipeline: str = Field(description="the pipeline config whose stages are submitted")
+    run_dir: str | None = Field(None, description="scripts and logs (default: <pipeline output_dir>/slurm)")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = Field("24:00:00", description="wall time per job (a requeued job gets it again)")
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(8, ge=0, description="0: a CPU job (accelerate --cpu)")
+    gpu_type: str | None = Field(None, description="e.g. a100: --gres=gpu:a100:N")
+    cpus_per_node: int | None = Field(None, gt=0)
+    mem: str | None = Field("0", description="--mem per node ('0': all of it)")
+    constraint: str | None = None
+    exclusive: bool = True
+    requeue: bool = True
+    signal_seconds: int = Field(120, gt=0, description="USR1 this long before the time limit: checkpoint, requeue")
+    main_process_port: int = Field(29500, gt=0, lt=65536)
+    accelerate_config: str = "configs/accelerate/zero2.yaml"
+    python: str = Field("python", description="the interpreter of the kframes environment on the nodes")
+    setup: list[str] = Field(default_factory=list, description="shell lines before each stage (module load, venv)")
+    env: dict[str, str] = Field(default_factory=dict)
+    extra_sbatch: list[str] = Field(default_factory=list, description="more sbatch options, e.g. --mail-type=END")
+    stages: dict[Literal["data", "sft1", "sft2", "grpo", "select", "eval"], SlurmStageSection] = Field(
+        default_factory=dict
+    )
+    vllm: SlurmVLLMSection = Field(default_factory=SlurmVLLMSection)
+
+
 STAGE_CONFIGS: dict[str, type[Section]] = {
     "data": DataConfig,
     "sft1": SFTConfig,
     "sft2": SFTConfig,
     "grpo": GRPOConfig,
     "eval": EvalConfig,
+    "pipeline": PipelineConfig,
 }
 
 C = TypeVar("C", bound=BaseModel)

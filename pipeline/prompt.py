@@ -15,6 +15,7 @@ Output: a JSON list of clips in time order,
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,11 +84,25 @@ def render_selector_messages(
     return [{"role": "user", "content": content}]
 
 
-def format_clips(clips: Sequence[KeyClip], *, with_reason: bool = True) -> str:
-    """The target text the selector is trained to produce (inverse of `parse_clips`)."""
+def format_clips(clips: Sequence[KeyClip], *, with_reason: bool = True, duration_s: float | None = None) -> str:
+    """The target text the selector is trained to produce (inverse of `parse_clips`).
+
+    Times are rounded to 0.1 s (the precision of the frame labels the selector sees). Rounding is monotone,
+    so clips that did not overlap still do not; a clip shorter than the rounding step keeps a 0.1 s span
+    instead of collapsing to start == end, which `parse_clips` would reject. Give `duration_s` so that a
+    clip in the video's last 0.05 s does not round its start onto the end of the video.
+    """
     out = []
+    last_start = None if duration_s is None else max(0.0, math.floor((duration_s - 1e-9) * 10) / 10)
     for c in sorted(clips, key=lambda c: (c.start_s, c.end_s)):
-        item: dict[str, Any] = {"start": round(c.start_s, 1), "end": round(c.end_s, 1), "priority": c.priority}
+        start, end = round(c.start_s, 1), round(c.end_s, 1)
+        if last_start is not None and start > last_start:
+            start = last_start
+        if end <= start:
+            end = round(start + 0.1, 1)
+        if duration_s is not None and end > duration_s + DURATION_TOLERANCE_S:
+            end = duration_s
+        item: dict[str, Any] = {"start": start, "end": end, "priority": c.priority}
         if with_reason:
             item["reason"] = c.reason
         out.append(item)
@@ -107,41 +122,48 @@ class ParsedClips:
         return self.error is None
 
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
-def _json_candidates(text: str) -> list[str]:
-    """Substrings that may hold the JSON list: fenced blocks first, then each balanced [...] span."""
-    cands = [m.group(1).strip() for m in _FENCE.finditer(text)]
-    depth, start = 0, None
-    in_str, esc = False, False
-    for i, ch in enumerate(text):
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"' and depth > 0:
-            in_str = True
-        elif ch == "[":
-            if depth == 0:
-                start = i
-            depth += 1
-        elif ch == "]" and depth > 0:
-            depth -= 1
-            if depth == 0 and start is not None:
-                cands.append(text[start : i + 1])
-                start = None
-    return cands
+def _json_lists(text: str) -> list[list[Any]]:
+    """Every JSON list in `text`: inside code fences first, then wherever a `[` starts one in the prose.
+
+    Each `[` is tried as the start of a JSON value (`raw_decode` ignores what follows), so a stray or
+    unbalanced bracket in the prose ("frames [3, 4 are dark") cannot swallow the real list after it.
+    """
+    found: list[list[Any]] = []
+    for chunk in [m.group(1) for m in _FENCE.finditer(text)] + [text]:
+        pos = chunk.find("[")
+        while pos != -1:
+            try:
+                value, end = _DECODER.raw_decode(chunk, pos)
+            except json.JSONDecodeError:
+                pos = chunk.find("[", pos + 1)
+                continue
+            if isinstance(value, list):
+                found.append(value)
+            pos = chunk.find("[", end)
+    return found
+
+
+def _pick_clip_list(lists: list[list[Any]]) -> list[Any] | None:
+    """The list that holds the clips: the first list of objects; else the first list at all (so that an
+    empty or malformed list is reported as such rather than as "no list")."""
+    for value in lists:
+        if value and all(isinstance(v, dict) for v in value):
+            return value
+    return lists[0] if lists else None
 
 
 def _as_seconds(value: Any, name: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{name} is not a number")
+    if value is None:
+        raise ValueError(f"{name} is missing")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is not a finite number: {value!r}")
         return float(value)
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*s?\s*", value)
@@ -174,15 +196,7 @@ def parse_clips(text: str, duration_s: float, *, strict: bool = True) -> ParsedC
     """
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
-    items: list[Any] | None = None
-    for cand in _json_candidates(text or ""):
-        try:
-            value = json.loads(cand)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, list):
-            items = value
-            break
+    items = _pick_clip_list(_json_lists(text or ""))
     if items is None:
         return ParsedClips(error="no JSON list of clips found in the output")
     if not items:
@@ -196,14 +210,16 @@ def parse_clips(text: str, duration_s: float, *, strict: bool = True) -> ParsedC
                 raise ValueError("is not an object")
             start = _as_seconds(item.get("start"), "start")
             end = _as_seconds(item.get("end"), "end")
-            pri = str(item.get("priority", "")).strip().upper()
+            if item.get("priority") is None:
+                raise ValueError("priority is missing (expected P1 or P2)")
+            pri = str(item["priority"]).strip().upper()
             if pri not in PRIORITY_RANK:
                 raise ValueError(f"unknown priority {item.get('priority')!r} (expected P1 or P2)")
             if start >= end:
                 raise ValueError(f"start {start} is not before end {end}")
             if start < 0 or start >= duration_s:
                 raise ValueError(f"start {start}s is outside the video (0..{duration_s:.2f}s)")
-            if end > duration_s + DURATION_TOLERANCE_S:
+            if end > duration_s + DURATION_TOLERANCE_S + 1e-9:
                 raise ValueError(f"end {end}s is past the end of the video ({duration_s:.2f}s)")
             reason = item.get("reason", "")
             clips.append(

@@ -1,0 +1,285 @@
+"""Sample videos with known content: for tests, the GRPO learning check and `make demo`.
+
+Each video is a sequence of scenes; a scene is a flat coloured background with one white or black shape
+(circle, square, triangle, ...) drifting slowly across it, plus mild per-pixel noise so that no frame is an
+exact copy of the previous one (a detector that only works on static pictures would pass a static test).
+Scenes change by a hard cut, whose frame is returned, so scene segmentation can be checked exactly.
+
+A thin barcode along the top edge encodes the frame number (12 bits, 8-pixel cells, black/white), so a test
+can check that decoding frame N really returns the picture written as frame N (`read_frame_number`).
+
+Within one video every colour and every shape is used at most once, so the generated multiple-choice queries
+("What shape is shown on the red background?", "What is the background colour when the circle is shown?")
+have their answer visible in exactly one scene; each query carries that scene's span.
+
+Writing uses OpenCV: `.mp4` with the mp4v codec, `.avi` with MJPG. Everything is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.contracts import Query, Scene
+from pipeline.errors import VideoError
+
+COLORS: dict[str, tuple[int, int, int]] = {  # RGB; far apart in hue and brightness, so cuts are clear
+    "red": (200, 30, 30),
+    "green": (30, 160, 40),
+    "blue": (30, 50, 200),
+    "yellow": (230, 210, 30),
+    "purple": (130, 40, 160),
+    "orange": (240, 130, 20),
+    "cyan": (40, 200, 210),
+    "gray": (120, 120, 120),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
+
+BARCODE_BITS = 12
+BARCODE_CELL = 8  # pixels per bit (width), rows 0..BARCODE_ROWS-1
+BARCODE_ROWS = 6
+
+_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+@dataclass
+class SyntheticScene:
+    """One scene: `shape` in white/black on a `color` background, lasting `duration_s` seconds."""
+
+    label: str
+    color: tuple[int, int, int]
+    shape: str
+    duration_s: float
+    color_name: str = ""
+    start_s: float = 0.0
+    end_s: float = 0.0
+    start_frame: int = 0
+    end_frame: int = 0  # exclusive
+
+
+@dataclass
+class SampleQuery:
+    """A multiple-choice query answerable from exactly one scene (`scene_index`, spanning start_s..end_s)."""
+
+    query_id: str
+    text: str
+    options: list[str]
+    answer: int
+    scene_index: int
+    start_s: float
+    end_s: float
+
+    def to_query(self, video_id: str | None = None) -> Query:
+        return Query(query_id=self.query_id, text=self.text, options=list(self.options), answer=self.answer,
+                     video_id=video_id, task_type="synthetic")
+
+
+@dataclass
+class SampleVideo:
+    path: Path
+    video_id: str
+    fps: float
+    num_frames: int
+    scenes: list[SyntheticScene]
+    captions: list[str]
+    queries: list[SampleQuery] = field(default_factory=list)
+    cut_frames: list[int] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+    def true_scenes(self) -> list[Scene]:
+        """The scenes as written, as `pipeline.contracts.Scene` records."""
+        return [
+            Scene(index=i, start_frame=s.start_frame, end_frame=s.end_frame, start_s=s.start_s, end_s=s.end_s)
+            for i, s in enumerate(self.scenes)
+        ]
+
+
+def _contrast(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    return (20, 20, 20) if luma > 140 else (245, 245, 245)
+
+
+def _draw_shape(img: np.ndarray, shape: str, center: tuple[int, int], r: int, color: tuple[int, int, int]) -> None:
+    import cv2
+
+    x, y = center
+    bgr = color[::-1]
+    if shape == "circle":
+        cv2.circle(img, (x, y), r, bgr, -1, lineType=cv2.LINE_AA)
+        return
+    if shape == "square":
+        cv2.rectangle(img, (x - r, y - r), (x + r, y + r), bgr, -1)
+        return
+    if shape == "triangle":
+        pts = [(x, y - r), (x - r, y + r), (x + r, y + r)]
+    elif shape == "diamond":
+        pts = [(x, y - r), (x + r, y), (x, y + r), (x - r, y)]
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * 0.45
+            a = -np.pi / 2 + k * np.pi / 5
+            pts.append((int(round(x + rad * np.cos(a))), int(round(y + rad * np.sin(a)))))
+    elif shape == "cross":
+        t = max(2, r // 3)
+        cv2.rectangle(img, (x - r, y - t), (x + r, y + t), bgr, -1)
+        cv2.rectangle(img, (x - t, y - r), (x + t, y + r), bgr, -1)
+        return
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    cv2.fillPoly(img, [np.array(pts, dtype=np.int32)], bgr, lineType=cv2.LINE_AA)
+
+
+def _draw_barcode(img: np.ndarray, frame_no: int) -> None:
+    for b in range(BARCODE_BITS):
+        on = (frame_no >> b) & 1
+        img[:BARCODE_ROWS, b * BARCODE_CELL : (b + 1) * BARCODE_CELL] = 255 if on else 0
+
+
+def read_frame_number(frame_rgb: np.ndarray) -> int:
+    """The frame number written into a synthetic frame's barcode (inverse of what `write_scene_video` draws)."""
+    h, w = frame_rgb.shape[:2]
+    cell = w / 160 * BARCODE_CELL  # the barcode scales with the frame if it was decoded resized
+    rows = max(1, int(BARCODE_ROWS * h / 120) - 1)
+    value = 0
+    for b in range(BARCODE_BITS):
+        x0, x1 = int(b * cell + cell * 0.25), max(int(b * cell + cell * 0.75), int(b * cell + cell * 0.25) + 1)
+        if frame_rgb[:rows, x0:x1].mean() > 127:
+            value |= 1 << b
+    return value
+
+
+def write_scene_video(
+    path: str | os.PathLike[str],
+    scenes: list[SyntheticScene],
+    *,
+    fps: float = 10,
+    size: tuple[int, int] = (160, 120),
+    seed: int = 0,
+) -> list[int]:
+    """Write `scenes` back to back to `path` (.mp4: mp4v, .avi: MJPG); return the cut frames (first frame of scenes 2..n).
+
+    Fills in each scene's start/end frame and seconds. Frame counts are `round(duration_s * fps)` (at least 1).
+    """
+    import cv2
+
+    p = Path(path)
+    codec = _CODECS.get(p.suffix.lower())
+    if codec is None:
+        raise VideoError(f"{p}: unsupported extension for a synthetic video; use one of {', '.join(_CODECS)}")
+    if not scenes:
+        raise ValueError("write_scene_video needs at least one scene")
+    width, height = size
+    if width < BARCODE_BITS * BARCODE_CELL or height < 48:
+        raise ValueError(f"size {size} too small; need at least ({BARCODE_BITS * BARCODE_CELL}, 48)")
+    rng = np.random.default_rng(seed)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), float(fps), (width, height))
+    if not writer.isOpened():
+        raise VideoError(f"{p}: OpenCV cannot write {codec} video here")
+    if codec == "MJPG":
+        writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 95)
+    cuts: list[int] = []
+    frame_no = 0
+    try:
+        for si, scene in enumerate(scenes):
+            n = max(1, int(round(scene.duration_s * fps)))
+            scene.start_frame, scene.end_frame = frame_no, frame_no + n
+            scene.start_s, scene.end_s = frame_no / fps, (frame_no + n) / fps
+            if si > 0:
+                cuts.append(frame_no)
+            r = min(width, height) // 5
+            x0, y0 = rng.uniform(r + 4, width - r - 4), rng.uniform(r + BARCODE_ROWS + 4, height - r - 4)
+            vx, vy = rng.uniform(-1.5, 1.5), rng.uniform(-1.0, 1.0)  # pixels per frame
+            fg = _contrast(scene.color)
+            bg = np.empty((height, width, 3), dtype=np.int16)
+            bg[:] = scene.color[::-1]
+            for t in range(n):
+                x = int(np.clip(x0 + vx * t, r + 2, width - r - 2))
+                y = int(np.clip(y0 + vy * t, r + BARCODE_ROWS + 2, height - r - 2))
+                noisy = bg + rng.integers(-6, 7, size=bg.shape, dtype=np.int16)
+                img = np.clip(noisy, 0, 255).astype(np.uint8)
+                _draw_shape(img, scene.shape, (x, y), r, fg)
+                _draw_barcode(img, frame_no)
+                writer.write(img)
+                frame_no += 1
+    finally:
+        writer.release()
+    os.replace(tmp, p)
+    return cuts
+
+
+def _options(answer: str, pool: list[str], rng: random.Random, n: int) -> tuple[list[str], int]:
+    distractors = rng.sample([x for x in pool if x != answer], n - 1)
+    opts = [answer, *distractors]
+    rng.shuffle(opts)
+    return opts, opts.index(answer)
+
+
+def make_sample_videos(
+    out_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    seed: int = 0,
+    min_scenes: int = 3,
+    max_scenes: int = 6,
+    fps: float = 10,
+    size: tuple[int, int] = (160, 120),
+    min_scene_s: float = 2.0,
+    max_scene_s: float = 5.0,
+    ext: str = ".mp4",
+    num_options: int = 4,
+) -> list[SampleVideo]:
+    """Write `n` videos `sample_000.mp4 ...` into `out_dir` with scenes, captions and multiple-choice queries.
+
+    Two queries per scene kind are possible; each video gets one shape query and one colour query, about two
+    different scenes when it has more than one.
+    """
+    if not 1 <= min_scenes <= max_scenes <= min(len(SHAPES), len(COLORS)):
+        raise ValueError(f"need 1 <= min_scenes <= max_scenes <= {min(len(SHAPES), len(COLORS))}")
+    if not 2 <= num_options <= min(len(SHAPES), len(COLORS)):
+        raise ValueError(f"num_options must be in 2..{min(len(SHAPES), len(COLORS))}")
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    videos: list[SampleVideo] = []
+    for v in range(n):
+        k = rng.randint(min_scenes, max_scenes)
+        colors = rng.sample(list(COLORS), k)
+        shapes = rng.sample(list(SHAPES), k)
+        scenes = [
+            SyntheticScene(
+                label=f"a {'black' if _contrast(COLORS[c])[0] < 128 else 'white'} {s} on a {c} background",
+                color=COLORS[c],
+                shape=s,
+                duration_s=round(rng.uniform(min_scene_s, max_scene_s), 1),
+                color_name=c,
+            )
+            for c, s in zip(colors, shapes, strict=True)
+        ]
+        video_id = f"sample_{v:03d}"
+        path = out / f"{video_id}{ext}"
+        cuts = write_scene_video(path, scenes, fps=fps, size=size, seed=seed * 1000 + v)
+        num_frames = scenes[-1].end_frame
+        captions = [f"{sc.label[0].upper()}{sc.label[1:]}, moving slowly." for sc in scenes]
+        shape_scene = rng.randrange(k)
+        color_scene = rng.choice([i for i in range(k) if i != shape_scene]) if k > 1 else shape_scene
+        queries = []
+        sc = scenes[shape_scene]
+        opts, ans = _options(sc.shape, list(SHAPES), rng, num_options)
+        queries.append(SampleQuery(f"{video_id}_q0", f"What shape is shown on the {sc.color_name} background?",
+                                   opts, ans, shape_scene, sc.start_s, sc.end_s))
+        sc = scenes[color_scene]
+        opts, ans = _options(sc.color_name, list(COLORS), rng, num_options)
+        queries.append(SampleQuery(f"{video_id}_q1", f"What is the background colour when the {sc.shape} is shown?",
+                                   opts, ans, color_scene, sc.start_s, sc.end_s))
+        videos.append(SampleVideo(path=path, video_id=video_id, fps=float(fps), num_frames=num_frames,
+                                  scenes=scenes, captions=captions, queries=queries, cut_frames=cuts))
+    return videos

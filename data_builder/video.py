@@ -1,0 +1,380 @@
+"""Video decoding on decord: file metadata, frames at given indices in bounded batches, candidate frames.
+
+Everything downstream (scene segmentation, captions, SFT batches, the GRPO reward, inference, evaluation) reads
+video through this module, so three things are decided once, here:
+
+- **Time.** A frame's time is its presentation timestamp from the stream, not `index / fps`. Variable-frame-rate
+  files (phone videos, screen recordings, files with dropped frames) would otherwise drift by seconds, and every
+  `<t=...s>` the selector sees, and every clip it predicts, would point at the wrong frame.
+- **Memory.** Frames are decoded only for the indices asked for, in batches; nothing holds a whole video.
+- **Size.** Frames can be resized by the decoder itself (`width=` or `max_pixels=`), which is much cheaper
+  than decoding at full resolution and resizing afterwards.
+
+Rotation: decord (>= 0.6) applies the stream's rotation side-data when decoding, so frames come out upright and
+`VideoInfo.width/height` are the displayed (rotated) size; `VideoInfo.rotation` records the rotation (degrees)
+that was applied, read with OpenCV.
+
+Bad input (a missing file, a file that is not a video, a truncated or zero-frame video, an index past the end)
+raises `pipeline.errors.VideoError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.contracts import VideoInfo
+from pipeline.errors import VideoError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoError(f"{path}: no such file")
+    if not path.is_file():
+        raise VideoError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes), not a video")
+
+
+def _decoder_message(exc: BaseException) -> str:
+    """decord's error text without its build paths and log timestamps."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", text)
+    if "Check failed" in text:
+        text = text.rsplit(")", 1)[-1].strip() or text
+    return text
+
+
+def _open_decord(path: Path, *, width: int = -1, height: int = -1, num_threads: int = 1) -> Any:
+    """A decord.VideoReader, or a VideoError saying why the file cannot be read."""
+    import decord
+
+    _check_file(path)
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads)
+    except (RuntimeError, decord.DECORDError) as exc:
+        message = _decoder_message(exc)
+        if "cannot find video stream" in message:
+            raise VideoError(f"{path}: no video stream in the file (zero frames)") from None
+        if "av_read_frame" in message:  # the index opened but the media data behind it is missing
+            raise VideoError(f"{path}: truncated video (or corrupt): a frame listed in its index cannot be read") from None
+        if _container_probe(path)[1] == 0 and "buffer source" in message:
+            raise VideoError(f"{path}: video has zero frames") from None
+        raise VideoError(
+            f"{path}: cannot be read as a video (not a video file, or truncated/corrupt; decoder: {message})"
+        ) from None
+    if len(vr) == 0:
+        raise VideoError(f"{path}: video has zero frames")
+    return vr
+
+
+def _container_probe(path: Path) -> tuple[int, int]:
+    """(rotation in degrees, frame count the container declares), read with OpenCV; (0, 0) when unknown."""
+    try:
+        import cv2
+
+        cap = cv2.VideoCapture(str(path))
+        try:
+            if not cap.isOpened():
+                return 0, 0
+            rotation = int(round(cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0.0)) % 360
+            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        finally:
+            cap.release()
+    except Exception:  # OpenCV missing or built without these properties: both checks are best effort
+        return 0, 0
+    return rotation, max(declared, 0)
+
+
+def _check_complete(path: Path, readable: int, declared: int) -> None:
+    """A truncated file often still opens: the decoder then sees only the frames that survived. Say so."""
+    if declared > 0 and readable < declared - max(2, int(0.02 * declared)):
+        raise VideoError(
+            f"{path}: truncated video: the container declares {declared} frames but only {readable} can be decoded"
+        )
+
+
+def _frame_times(vr: Any, path: Path) -> tuple[np.ndarray, float]:
+    """(start time of every frame in seconds, end time of the last frame) from the stream's presentation times."""
+    n = len(vr)
+    try:
+        spans = np.asarray(vr.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
+    except Exception as exc:  # decord raises its own error types for broken indexes
+        raise VideoError(f"{path}: cannot read frame timestamps ({exc})") from None
+    starts = np.round(spans[:, 0], 6)
+    end = float(np.round(spans[-1, 1], 6))
+    fps = float(vr.get_avg_fps() or 0.0)
+    if not np.all(np.isfinite(starts)) or (n > 1 and np.any(np.diff(starts) <= 0)):
+        # Broken presentation times: fall back to the nominal rate rather than hand out unordered times.
+        if fps <= 0:
+            raise VideoError(f"{path}: no usable frame timestamps and no frame rate")
+        starts = np.round(np.arange(n) / fps, 6)
+        end = float(n / fps)
+    if end <= starts[-1]:
+        end = float(starts[-1] + (1.0 / fps if fps > 0 else 0.04))
+    return starts, end
+
+
+def _is_vfr(starts: np.ndarray) -> bool:
+    """Frame durations that differ by more than half the typical one (ms-rounded container times don't count)."""
+    if len(starts) < 3:
+        return False
+    deltas = np.diff(starts)
+    return bool(deltas.max() - deltas.min() > 0.5 * float(np.median(deltas)))
+
+
+def _make_info(path: Path, vr: Any, starts: np.ndarray, end_s: float, width: int, height: int) -> VideoInfo:
+    n = len(vr)
+    rotation, declared = _container_probe(path)
+    _check_complete(path, n, declared)
+    duration = max(end_s, 1e-6)
+    fps = float(vr.get_avg_fps() or 0.0) or n / duration
+    return VideoInfo(
+        video_id=path.stem,
+        path=str(path),
+        fps=fps,
+        num_frames=n,
+        duration_s=duration,
+        width=width,
+        height=height,
+        rotation=rotation,
+        vfr=_is_vfr(starts),
+    )
+
+
+def read_video_info(path: str | os.PathLike[str]) -> VideoInfo:
+    """Metadata of a video: frame count and times from the stream's index, size from its first frame."""
+    p = Path(path)
+    vr = _open_decord(p)
+    starts, end = _frame_times(vr, p)
+    height, width = _display_size(vr)
+    return _make_info(p, vr, starts, end, width, height)
+
+
+def _display_size(vr: Any) -> tuple[int, int]:
+    """(height, width) of frames as decord hands them out (after rotation, after any decoder resize).
+
+    decord exposes the output size only through a decoded frame, so the first frame is decoded once
+    (negligible next to anything that then reads the video for real).
+    """
+    shape = vr[0].shape
+    vr.seek(0)
+    return int(shape[0]), int(shape[1])
+
+
+def target_size(width: int, height: int, *, max_pixels: int | None = None, out_width: int | None = None) -> tuple[int, int]:
+    """Output (width, height) keeping the aspect ratio: `out_width` if given, then capped at `max_pixels`; never upscaled."""
+    w, h = float(width), float(height)
+    if out_width is not None and out_width < w:
+        h, w = h * out_width / w, float(out_width)
+    if max_pixels is not None and w * h > max_pixels:
+        s = math.sqrt(max_pixels / (w * h))
+        w, h = w * s, h * s
+    return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
+
+
+class VideoReader:
+    """Frames of one video at given indices, optionally resized by the decoder.
+
+    Use as a context manager. Memory is bounded by what one call asks for (`get_frames`) or by one batch
+    (`iter_batches`); the decoder itself holds only its codec state.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_pixels: int | None = None,
+        width: int | None = None,
+        num_threads: int = 1,
+    ) -> None:
+        if max_pixels is not None and max_pixels <= 0:
+            raise VideoError(f"{path}: max_pixels must be positive, got {max_pixels}")
+        if width is not None and width <= 0:
+            raise VideoError(f"{path}: width must be positive, got {width}")
+        self.path = Path(path)
+        probe = _open_decord(self.path, num_threads=num_threads)
+        starts, end = _frame_times(probe, self.path)
+        full_h, full_w = _display_size(probe)
+        self.info: VideoInfo = _make_info(self.path, probe, starts, end, full_w, full_h)
+        self.timestamps_s: np.ndarray = starts
+        out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width)
+        if (out_w, out_h) == (full_w, full_h) or (max_pixels is None and width is None):
+            self._vr = probe
+            self.frame_size = (full_w, full_h)
+        else:
+            del probe
+            self._vr = _open_decord(self.path, width=out_w, height=out_h, num_threads=num_threads)
+            self.frame_size = (out_w, out_h)
+
+    # -- context manager -------------------------------------------------------------------------------
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._vr = None
+
+    def __len__(self) -> int:
+        return self.info.num_frames
+
+    # -- frames ----------------------------------------------------------------------------------------
+    def _check_indices(self, indices: Sequence[int]) -> list[int]:
+        n = self.info.num_frames
+        out = []
+        for i in indices:
+            j = int(i)
+            if j != i:
+                raise VideoError(f"{self.path}: frame index {i!r} is not an integer")
+            if j < 0 or j >= n:
+                raise VideoError(f"{self.path}: frame index {j} is past the end (video has {n} frames, 0..{n - 1})")
+            out.append(j)
+        return out
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB frames `[N, H, W, 3]` in the order asked (duplicates allowed; decoded once each)."""
+        if self._vr is None:
+            raise VideoError(f"{self.path}: reader is closed")
+        idx = self._check_indices(indices)
+        w, h = self.frame_size
+        if not idx:
+            return np.zeros((0, h, w, 3), dtype=np.uint8)
+        uniq = sorted(set(idx))  # decord decodes forward fastest; reorder afterwards
+        try:
+            batch = self._vr.get_batch(uniq).asnumpy()
+        except Exception as exc:  # decord raises RuntimeError/DECORDError on corrupt or truncated streams
+            raise VideoError(
+                f"{self.path}: decoding frames {uniq[0]}..{uniq[-1]} failed (truncated or corrupt video?): "
+                f"{_decoder_message(exc)}"
+            ) from None
+        if batch.shape[0] != len(uniq):
+            raise VideoError(f"{self.path}: decoder returned {batch.shape[0]} frames for {len(uniq)} indices (truncated video?)")
+        if uniq == idx:
+            return batch
+        pos = {j: k for k, j in enumerate(uniq)}
+        return batch[[pos[j] for j in idx]]
+
+    def iter_batches(self, indices: Sequence[int], batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(indices, frames) for consecutive chunks of `indices`, at most `batch_size` frames in memory at once."""
+        if batch_size <= 0:
+            raise VideoError(f"{self.path}: batch_size must be positive, got {batch_size}")
+        idx = self._check_indices(indices)  # fail before decoding anything
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            yield chunk, self.get_frames(chunk)
+
+    def times(self, indices: Sequence[int]) -> list[float]:
+        """Presentation times (s) of the given frames."""
+        return [float(self.timestamps_s[i]) for i in self._check_indices(indices)]
+
+
+def uniform_indices(num_frames: int, count: int) -> list[int]:
+    """Midpoints of `count` equal segments of `[0, num_frames)`: sorted, unique, `min(count, num_frames)` of them."""
+    if num_frames <= 0 or count <= 0:
+        return []
+    if count >= num_frames:
+        return list(range(num_frames))
+    return [(2 * i + 1) * num_frames // (2 * count) for i in range(count)]  # exact integer midpoints
+
+
+def sample_candidates(path: str | os.PathLike[str], num_candidates: int) -> tuple[list[int], list[float]]:
+    """The selector's T candidate frames: uniformly spaced indices and their presentation times (no decoding)."""
+    p = Path(path)
+    vr = _open_decord(p)
+    _check_complete(p, len(vr), _container_probe(p)[1])
+    starts, _ = _frame_times(vr, p)
+    idx = uniform_indices(len(vr), num_candidates)
+    return idx, [float(starts[i]) for i in idx]
+
+
+class FrameCache:
+    """Decoded frames as PIL images, shared by everything that asks for the same video more than once.
+
+    The GRPO reward decodes the frames of all completions of a group from one video; SFT1 has several tasks per
+    video; evaluation asks for several k of the same question. Open decoders are kept for the `max_videos` most
+    recently used videos (LRU), and decoded frames are kept up to `max_bytes` in total (LRU), so memory stays
+    bounded however many videos pass through. Thread-safe (one lock; decord readers are not).
+    """
+
+    def __init__(self, max_videos: int = 8, *, max_bytes: int = 1 << 30, num_threads: int = 1) -> None:
+        if max_videos <= 0:
+            raise ValueError(f"max_videos must be positive, got {max_videos}")
+        self.max_videos = max_videos
+        self.max_bytes = max_bytes
+        self.num_threads = num_threads
+        self._readers: OrderedDict[tuple[str, int | None], VideoReader] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, int | None, int], Image.Image] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _reader(self, key: tuple[str, int | None]) -> VideoReader:
+        reader = self._readers.get(key)
+        if reader is not None:
+            self._readers.move_to_end(key)
+            return reader
+        reader = VideoReader(key[0], max_pixels=key[1], num_threads=self.num_threads)
+        self._readers[key] = reader
+        while len(self._readers) > self.max_videos:
+            _, old = self._readers.popitem(last=False)
+            old.close()
+        return reader
+
+    def info(self, path: str | os.PathLike[str], *, max_pixels: int | None = None) -> VideoInfo:
+        with self._lock:
+            return self._reader((str(Path(path).resolve()), max_pixels)).info
+
+    def timestamps(self, path: str | os.PathLike[str], indices: Sequence[int], *, max_pixels: int | None = None) -> list[float]:
+        with self._lock:
+            return self._reader((str(Path(path).resolve()), max_pixels)).times(indices)
+
+    def images(
+        self, path: str | os.PathLike[str], indices: Sequence[int], *, max_pixels: int | None = None
+    ) -> list[Image.Image]:
+        """PIL RGB images of `indices` (in that order), decoded at most `max_pixels` pixels each."""
+        from PIL import Image
+
+        key = (str(Path(path).resolve()), max_pixels)
+        with self._lock:
+            reader = self._reader(key)
+            wanted = reader._check_indices(indices)
+            missing = sorted({i for i in wanted if (key[0], key[1], i) not in self._frames})
+            self.hits += len(wanted) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                for i, frame in zip(missing, reader.get_frames(missing), strict=True):
+                    self._frames[(key[0], key[1], i)] = Image.fromarray(frame)
+                    self._bytes += frame.nbytes
+            out = []
+            for i in wanted:
+                fkey = (key[0], key[1], i)
+                self._frames.move_to_end(fkey)
+                out.append(self._frames[fkey])
+            # Evict least recently used frames beyond the byte budget (never the ones just returned).
+            protected = len(set(wanted))
+            while self._bytes > self.max_bytes and len(self._frames) > protected:
+                _, img = self._frames.popitem(last=False)
+                self._bytes -= img.width * img.height * 3
+            return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self._readers.clear()
+            self._frames.clear()
+            self._bytes = 0

@@ -1,0 +1,129 @@
+"""GRPO: the selector learns from the frozen downstream model's reward (SPEC section 6), starting from SFT2.
+
+TRL's GRPOTrainer does the RL; this recipe says what it trains on and how it is scored:
+- data: the `grpo.mcq` task file (data_builder tasks). Each row is the selector's prompt (the T candidate frames
+  after their timestamps, the question and its options; pipeline.prompt.render_selector_messages) with the frames
+  decoded when the batch is built (stages.batches), plus the `video`, `question`, `options` and `answer` columns
+  that TRL hands to the reward functions;
+- rewards: by name with weights from `reward.weights` (rewards.registry): the downstream log-prob reward
+  (rewards.downstream) and the format reward (rewards.format); TRL logs each one's mean per step;
+- GRPO: `grpo.num_generations` completions per prompt (the group), KL coefficient `grpo.beta` (paper 0.01) against
+  the starting model, `train.learning_rate` (paper 1e-6), `grpo.max_completion_length`; optional TRL vLLM
+  generation on GPUs (`grpo.use_vllm`);
+- model, checkpoints, resume and the final manifest: stages.common, as for SFT1/SFT2 (`init_from` = SFT2's
+  output folder; ZeRO-2/3 through `accelerate launch --config_file configs/accelerate/zero{2,3}.yaml`).
+
+    kframes train grpo --config configs/tiny/grpo.yaml
+    accelerate launch --config_file configs/accelerate/zero2.yaml -m stages.grpo --config configs/qwen2_5_vl_3b/grpo.yaml
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import GRPOConfig
+from pipeline.contracts import TrainingExample
+from pipeline.errors import ConfigError, DataError
+from stages.batches import build_dataset, load_examples
+from stages.common import run_stage, training_args_kwargs
+
+TASK_PREFIX = "grpo."
+
+
+def grpo_row(example: TrainingExample, images: list[Any]) -> dict[str, Any]:
+    """A GRPO row: the prompt (user turns only; the selector writes the answer), its frames, the reward columns."""
+    prompt = [m.model_dump() for m in example.messages if m.role != "assistant"]
+    return {
+        "prompt": prompt,
+        "images": images,
+        "video": example.video,
+        "question": example.question,
+        "options": list(example.options or []),
+        "answer": int(example.answer if example.answer is not None else -1),
+    }
+
+
+def load_grpo_examples(path: str) -> list[TrainingExample]:
+    """The task file's examples, each a multiple-choice question the reward can score."""
+    examples = load_examples(path, task_prefix=TASK_PREFIX, require_answer=False)
+    for n, ex in enumerate(examples, start=1):
+        where = f"{path}: example {n} ({ex.id})"
+        if not ex.question or not ex.options or len(ex.options) < 2:
+            raise DataError(f"{where}: a GRPO example needs `question` and at least two `options`")
+        if ex.answer is None or not 0 <= ex.answer < len(ex.options):
+            raise DataError(f"{where}: `answer` must index the options (0..{len(ex.options) - 1}), got {ex.answer}")
+    return examples
+
+
+def grpo_args(cfg: GRPOConfig, reward_weights: list[float]):
+    """TRL's GRPOConfig for a recipe: the shared training arguments plus the GRPO ones."""
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    g = cfg.grpo
+    kwargs: dict[str, Any] = dict(
+        num_generations=g.num_generations,
+        beta=g.beta,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        reward_weights=reward_weights,
+        log_completions=g.log_completions,
+        use_vllm=g.use_vllm,
+    )
+    if g.use_vllm:
+        kwargs["vllm_mode"] = g.vllm_mode
+        if g.vllm_server_url:
+            kwargs["vllm_server_base_url"] = g.vllm_server_url
+    try:
+        return TRLGRPOConfig(**training_args_kwargs(cfg), **kwargs)
+    except ValueError as exc:  # e.g. batch not divisible by num_generations: say which recipe keys to change
+        raise ConfigError(f"grpo/train: {exc}") from None
+
+
+def train(
+    cfg: GRPOConfig, *, resume: bool = True, callbacks: Sequence[Any] = (), backend: Any | None = None
+) -> Path:
+    """Train GRPO and return `<output_dir>/final`. `backend` replaces the configured downstream model (tests)."""
+    from rewards.registry import build_rewards
+
+    train_examples = load_grpo_examples(cfg.data.train_file)
+    eval_examples = load_grpo_examples(cfg.data.eval_file) if cfg.data.eval_file else None
+    f = cfg.frames
+    kw = dict(num_candidates=f.num_candidates, max_pixels=f.max_pixels, cache_size=f.cache_size)
+    train_ds = build_dataset(train_examples, grpo_row, **kw)
+    eval_ds = build_dataset(eval_examples, grpo_row, **kw) if eval_examples else None
+    reward_funcs, weights, _ = build_rewards(cfg.reward, backend=backend)
+    args = grpo_args(cfg, weights)
+
+    def make_trainer(model, processor, all_callbacks):
+        from trl import GRPOTrainer
+
+        return GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=processor,
+            callbacks=all_callbacks,
+        )
+
+    return run_stage(
+        "grpo",
+        cfg,
+        make_trainer,
+        data_files={"train": cfg.data.train_file, "eval": cfg.data.eval_file},
+        resume=resume,
+        callbacks=callbacks,
+        num_train_examples=len(train_ds),
+    )
+
+
+__all__ = ["grpo_row", "load_grpo_examples", "grpo_args", "train"]
+
+if __name__ == "__main__":
+    from stages.commands import stage_main
+
+    sys.exit(stage_main("grpo"))

@@ -1,0 +1,222 @@
+"""The GRPO stage learns from the downstream reward: a CPU learning check on a synthetic task, and resume.
+
+The task: three synthetic videos (data_builder.synthetic) of three 2 s scenes; the question "What shape is shown on
+the red background?" is answerable only in the red scene, which is the last one (4-6 s). The selector starts from a
+"SFT2" model that already writes the clip format but, as a model that has not learnt where the evidence is, is
+split evenly between two answers: the red scene `[4.0, 6.0]` and the first scene `[0.0, 2.0]`.
+
+What stands in for the downstream model: the colour oracle of tests/oracle_downstream.py, a deterministic function
+of the frames it is given (it favours the right option in proportion to how many of the k frames show the red
+background). A real frozen MLLM is what the reward is designed for, but the tiny Qwen2.5-VL the tests can build has
+random weights, so its answers carry no information about the frames and no policy could improve on them; the
+oracle keeps the reward informative while still depending only on the frames the sampler picked from the clips.
+
+Pass condition: within 12 GRPO steps (group of 4, one prompt per step) the policy's probability of the red-scene
+answer and the logged mean downstream reward both go up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from oracle_downstream import QUESTION, SHAPE_OPTIONS, ColourOracle, red_last_video
+from pipeline.config import (
+    DownstreamSection,
+    FramesSection,
+    GRPOConfig,
+    GRPOSection,
+    ModelSection,
+    RewardSection,
+    TaskFilesSection,
+    TrainSection,
+)
+from pipeline.contracts import TrainingExample
+from pipeline.io import atomic_write_jsonl
+from pipeline.prompt import render_selector_messages
+
+pytestmark = pytest.mark.slow
+
+GOOD = '[{"start": 4.0, "end": 6.0, "priority": "P1"}]'
+BAD = '[{"start": 0.0, "end": 2.0, "priority": "P1"}]'
+# The red (last) scene always shows the triangle, the others vary: one answer for the one question.
+VIDEOS = [(("green", "blue"), ("square", "circle", "triangle")),
+          (("yellow", "purple"), ("circle", "square", "triangle")),
+          (("cyan", "orange"), ("square", "circle", "triangle"))]
+T = 4  # candidate frames the selector sees
+PIX = 56 * 56
+
+
+class _Task:
+    def __init__(self, root: Path) -> None:
+        from data_builder.video import sample_candidates
+
+        self.root = root
+        self.examples: list[TrainingExample] = []
+        self.answers: dict[str, int] = {}
+        for i, (colours, shapes) in enumerate(VIDEOS):
+            path = root / f"v{i}.mp4"
+            answer = red_last_video(path, colours, shapes, seed=i)
+            self.answers[str(path)] = answer
+            idx, ts = sample_candidates(path, T)
+            self.examples.append(TrainingExample(
+                id=f"v{i}:mcq", task="grpo.mcq", video=str(path), frame_indices=idx, timestamps_s=ts,
+                messages=render_selector_messages(ts, QUESTION, duration_s=6.0, options=SHAPE_OPTIONS),
+                question=QUESTION, options=SHAPE_OPTIONS, answer=answer, num_frames=60, duration_s=6.0))
+        self.train_file = root / "grpo.train.jsonl"
+        atomic_write_jsonl(self.train_file, self.examples)
+
+    def oracle(self) -> ColourOracle:
+        answers = set(self.answers.values())
+        assert len(answers) == 1  # the red scene shows the same shape in every video: one answer per question
+        return ColourOracle({QUESTION: ((200, 30, 30), answers.pop())})
+
+
+def _encode(processor, example: TrainingExample, images, target: str | None):
+    prompt = [m.model_dump() for m in example.messages]
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    n_prompt = len(processor(text=[text], images=images, return_tensors="pt")["input_ids"][0])
+    full = text + (target + "<|im_end|>" if target is not None else "")
+    enc = processor(text=[full], images=images, return_tensors="pt")
+    return enc, n_prompt
+
+
+def _target_logprob(model, processor, example, images, target) -> float:
+    enc, n_prompt = _encode(processor, example, images, target)
+    with torch.no_grad():
+        logits = model(**enc).logits[0, n_prompt - 1 : -1]
+    ids = enc["input_ids"][0, n_prompt:]
+    return float(torch.log_softmax(logits.float(), -1).gather(1, ids[:, None]).sum())
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> _Task:
+    return _Task(tmp_path_factory.mktemp("grpo_task"))
+
+
+@pytest.fixture(scope="module")
+def sft2_dir(task: _Task, tiny_model_dir: Path) -> Path:
+    """A finished "SFT2" stage: the tiny model taught to answer GOOD or BAD with equal odds (teacher forcing)."""
+    from transformers import AutoModelForImageTextToText
+
+    from data_builder.video import FrameCache
+    from stages.manifest import StageManifest, write_manifest
+    from stages.modeling import load_processor
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    processor = load_processor(str(tiny_model_dir), FramesSection(num_candidates=T, max_pixels=PIX, min_pixels=PIX))
+    cache = FrameCache()
+    batch = []
+    for ex in task.examples:
+        images = cache.images(ex.video, ex.frame_indices, max_pixels=PIX)
+        for target in (GOOD, BAD):
+            enc, n_prompt = _encode(processor, ex, images, target)
+            labels = enc["input_ids"].clone()
+            labels[0, :n_prompt] = -100
+            batch.append((enc, labels))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for step in range(300):
+        opt.zero_grad()
+        loss = sum(model(**enc, labels=labels).loss for enc, labels in batch) / len(batch)
+        loss.backward()
+        opt.step()
+        if loss.item() < math.log(2) / 24 + 0.01:  # only the GOOD/BAD choice left uncertain
+            break
+    model.eval()
+    out = task.root / "sft2"
+    final = out / "final"
+    model.save_pretrained(final)
+    processor.save_pretrained(final)
+    write_manifest(final, StageManifest(stage="sft2", started_from=str(tiny_model_dir), base_model="tiny",
+                                        config={}, config_hash="test", data_fingerprint="test"))
+    return out
+
+
+def _cfg(task: _Task, sft2_dir: Path, out: Path, **train_kw) -> GRPOConfig:
+    train = dict(learning_rate=5e-4, per_device_batch_size=4, max_steps=12, save_steps=100, logging_steps=1,
+                 bf16=False, gradient_checkpointing=False, warmup_ratio=0.0, lr_scheduler="constant", seed=0)
+    train.update(train_kw)
+    return GRPOConfig(
+        output_dir=str(out),
+        init_from=str(sft2_dir),
+        model=ModelSection(name_or_path="tiny", dtype="float32"),
+        frames=FramesSection(num_candidates=T, max_pixels=PIX, min_pixels=PIX),
+        data=TaskFilesSection(train_file=str(task.train_file)),
+        train=TrainSection(**train),
+        grpo=GRPOSection(num_generations=4, beta=0.01, max_completion_length=32, temperature=1.0),
+        reward=RewardSection(weights={"downstream_logprob": 1.0, "format": 0.5}, k=4, mode="focused",
+                             downstream=DownstreamSection(max_pixels=PIX)),
+    )
+
+
+class _LogRecorder:
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def __call__(self):
+        from transformers import TrainerCallback
+
+        rec = self
+
+        class CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "rewards/downstream_logprob/mean" in logs:
+                    rec.logs.append(dict(logs))
+
+        return CB()
+
+
+def test_grpo_raises_the_mean_reward_on_the_synthetic_task(task: _Task, sft2_dir: Path, tmp_path: Path) -> None:
+    from data_builder.video import FrameCache
+    from stages.grpo import train
+    from stages.manifest import read_manifest
+    from stages.modeling import load_pretrained, load_processor
+
+    frames = FrameCache()
+
+    def p_good(model_dir: Path) -> float:
+        model = load_pretrained(str(model_dir))
+        proc = load_processor(str(model_dir))
+        ps = []
+        for ex in task.examples:
+            imgs = frames.images(ex.video, ex.frame_indices, max_pixels=PIX)
+            ps.append(math.exp(_target_logprob(model, proc, ex, imgs, GOOD)))
+        return sum(ps) / len(ps)
+
+    before = p_good(sft2_dir / "final")
+    assert 0.3 < before < 0.7, f"warm-up should leave GOOD/BAD near even odds, got p(GOOD)={before:.2f}"
+
+    oracle = task.oracle()
+    rec = _LogRecorder()
+    final = train(_cfg(task, sft2_dir, tmp_path / "grpo"), backend=oracle, callbacks=[rec()])
+
+    after = p_good(final)
+    rewards = [entry["rewards/downstream_logprob/mean"] for entry in rec.logs]
+    assert len(rewards) == 12
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert after > before + 0.2, f"p(GOOD) {before:.2f} -> {after:.2f}"
+    assert last > first + 0.1, f"mean downstream reward {first:.2f} (steps 1-4) -> {last:.2f} (steps 9-12)"
+    assert {"rewards/format/mean", "downstream/p_answer", "downstream/fallback_rate"} <= set(rec.logs[-1])
+    manifest = read_manifest(final)
+    assert manifest is not None and manifest.stage == "grpo" and manifest.started_from == str(sft2_dir / "final")
+    assert manifest.global_step == 12 and manifest.config["grpo"]["beta"] == 0.01
+
+
+def test_grpo_resumes_from_its_last_complete_checkpoint(task: _Task, sft2_dir: Path, tmp_path: Path) -> None:
+    from stages.grpo import train
+    from stages.manifest import read_manifest
+
+    out = tmp_path / "grpo"
+    train(_cfg(task, sft2_dir, out, max_steps=2, save_steps=2), backend=task.oracle())
+    assert (out / "checkpoint-2").is_dir()
+    final = train(_cfg(task, sft2_dir, out, max_steps=3, save_steps=2), backend=task.oracle())
+    manifest = read_manifest(final)
+    assert manifest.global_step == 3 and manifest.resumed_from == str(out / "checkpoint-2")
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2

@@ -1,0 +1,375 @@
+"""SFT1 and SFT2 with the tiny local Qwen2.5-VL on CPU (issue 6).
+
+What a researcher needs to trust before spending GPU-days: the loss is only on the answer, the model can learn
+the output grammar from our prompts (overfit), a killed run resumes exactly where its last complete checkpoint
+was, two-process DeepSpeed ZeRO-2 runs, and SFT2 really starts from SFT1's final weights.
+Task files are made here from real short videos (../shared/data) with the project's one prompt renderer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import SFTConfig
+from pipeline.contracts import KeyClip, TrainingExample
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import atomic_write_jsonl
+from pipeline.prompt import format_clips, parse_clips, render_selector_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 8  # candidate frames per example: small, so a step takes a fraction of a second
+PIXELS = 3136  # one 56x56 frame = 4 visual tokens in the tiny model
+
+SFT2_SPECS = [  # (video, query, target clips)
+    ("bikes.mp4", "When does the cyclist pass the camera?", [KeyClip(start_s=2.0, end_s=5.5, priority="P1", reason="cyclist passes")]),
+    ("bikes.mp4", "What happens at the end?", [KeyClip(start_s=1.0, end_s=2.0, priority="P2", reason="road"),
+                                              KeyClip(start_s=7.5, end_s=10.0, priority="P1", reason="the end")]),
+    ("fades.mp4", "When does the picture fade to black?", [KeyClip(start_s=4.0, end_s=6.0, priority="P1", reason="fade out")]),
+]
+SFT1_SPECS = [  # (video, caption, scene span)
+    ("bikes.mp4", "a cyclist rides along the road", (0.0, 5.0)),
+    ("fades.mp4", "the scene fades out", (3.0, 6.5)),
+    ("fades.mp4", "the first shot", (0.0, 3.0)),
+]
+
+
+def _example(video: Path, ex_id: str, task: str, request: str, target: str) -> TrainingExample:
+    from data_builder.video import read_video_info, sample_candidates
+
+    info = read_video_info(video)
+    idx, ts = sample_candidates(video, T)
+    kind = task.split(".", 1)[1] if task.startswith("sft1.") else "key_clips"
+    messages = render_selector_messages(ts, request, task=kind, duration_s=info.duration_s)
+    messages.append({"role": "assistant", "content": target})
+    return TrainingExample.model_validate(
+        {"id": ex_id, "task": task, "video": str(video), "frame_indices": idx, "timestamps_s": ts,
+         "messages": messages, "num_frames": info.num_frames, "duration_s": info.duration_s}
+    )
+
+
+@pytest.fixture(scope="module")
+def task_files(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("tasks")
+    videos = shared_data / "videos"
+    sft2 = [
+        _example(videos / v, f"sft2-{i}", "sft2.key_clips", q, format_clips(clips)).model_copy(update={"target_clips": clips})
+        for i, (v, q, clips) in enumerate(SFT2_SPECS)
+    ]
+    sft1 = [
+        _example(videos / v, f"sft1-{i}", "sft1.caption_to_scene", cap, json.dumps({"start": s, "end": e}))
+        for i, (v, cap, (s, e)) in enumerate(SFT1_SPECS)
+    ]
+    files = {"sft1": out / "sft1.train.jsonl", "sft2": out / "sft2.train.jsonl"}
+    atomic_write_jsonl(files["sft1"], sft1)
+    atomic_write_jsonl(files["sft2"], sft2)
+    return files
+
+
+def _cfg(stage: str, out: Path, train_file: Path, *, init_from: Path | None = None, lora: bool = False, **train) -> SFTConfig:
+    defaults = {"learning_rate": 3e-3, "per_device_batch_size": 3, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
+                "bf16": False, "gradient_checkpointing": False, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+    return SFTConfig.model_validate({
+        "stage": stage,
+        "output_dir": str(out),
+        "init_from": str(init_from) if init_from else None,
+        "model": {"name_or_path": "tiny", "dtype": "float32", "attn_implementation": "sdpa"},
+        "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
+        "frames": {"num_candidates": T, "max_pixels": PIXELS, "min_pixels": PIXELS, "cache_size": 4},
+        "data": {"train_file": str(train_file)},
+        "train": {**defaults, **train},
+    })
+
+
+@pytest.fixture(autouse=True)
+def _tiny_cache(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'tiny' in a recipe resolves to the session's tiny model (built once under $KFRAMES_CACHE)."""
+    monkeypatch.setenv("KFRAMES_CACHE", str(tiny_model_dir.parent))
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Batches: frames decoded at batch time, loss only on the answer
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_trainer_batches_mask_everything_but_the_answer(task_files, tmp_path):
+    """The collator the SFT trainer actually uses labels exactly the assistant's answer (+ its end token)."""
+    from stages.batches import dataset_from_file
+    from stages.common import load_model_and_processor
+    from stages.sft import build_trainer
+
+    cfg = _cfg("sft2", tmp_path / "out", task_files["sft2"])
+    ds = dataset_from_file(cfg.data.train_file, cfg.frames, task_prefix="sft2.")
+    assert ds.column_names == ["example"]  # only JSON is stored; frames appear on access
+    model, processor = load_model_and_processor(cfg)
+    trainer = build_trainer(cfg, model, processor, ds, None, [])
+    rows = [ds[i] for i in range(len(ds))]
+    assert all(len(r["images"]) == T for r in rows)
+    batch = trainer.data_collator(rows)
+    assert batch["image_grid_thw"].shape[0] == T * len(rows)
+    for row, labels, ids in zip(rows, batch["labels"], batch["input_ids"]):
+        answer = row["messages"][-1]["content"]
+        kept = labels[labels != -100]
+        assert processor.tokenizer.decode(kept) == answer + "<|im_end|>"
+        # the kept labels are the input tokens at the same positions (no shift or offset mistakes)
+        assert torch.equal(ids[labels != -100], kept)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert not (batch["labels"] == image_token).any()
+
+
+def test_limit_frames_keeps_each_frame_with_its_timestamp(task_files):
+    from stages.batches import count_image_placeholders, limit_frames, load_examples
+
+    ex = load_examples(task_files["sft2"], task_prefix="sft2.", require_answer=True)[0]
+    small = limit_frames(ex, 3)
+    assert len(small.frame_indices) == len(small.timestamps_s) == count_image_placeholders(small) == 3
+    assert set(small.frame_indices) <= set(ex.frame_indices)
+    # the user turn is what the one renderer produces for the kept frames
+    request = SFT2_SPECS[0][1]
+    expected = render_selector_messages(small.timestamps_s, request, duration_s=ex.duration_s)[0]["content"]
+    assert small.messages[0].content == expected
+    assert small.messages[-1] == ex.messages[-1]
+    assert limit_frames(ex, T) is ex
+
+
+def test_task_file_problems_are_named(task_files, tmp_path):
+    from stages.batches import load_examples
+
+    with pytest.raises(DataError, match=r"sft1\.caption_to_scene.*not a sft2 task"):
+        load_examples(task_files["sft1"], task_prefix="sft2.", require_answer=True)
+    ex = load_examples(task_files["sft2"], task_prefix="sft2.", require_answer=True)[0]
+    no_answer = tmp_path / "no_answer.jsonl"
+    atomic_write_jsonl(no_answer, [ex.model_copy(update={"messages": ex.messages[:-1]})])
+    with pytest.raises(DataError, match="assistant's answer"):
+        load_examples(no_answer, task_prefix="sft2.", require_answer=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model: frozen vision encoder, trained projector and LLM, LoRA only on the language model
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_vision_frozen_projector_and_llm_trained(task_files, tmp_path):
+    from stages.common import load_model_and_processor
+
+    model, processor = load_model_and_processor(_cfg("sft2", tmp_path, task_files["sft2"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing to train"
+    assert all(n.startswith("model.visual.merger.") for n in trainable if n.startswith("model.visual."))
+    assert any(n.startswith("model.visual.merger.") for n in trainable)
+    assert any(n.startswith("model.language_model.layers.") for n in trainable)
+    assert not any(n.startswith("model.visual.blocks.") for n in trainable)
+    assert processor.image_processor.size["longest_edge"] == PIXELS
+
+    lora_model, _ = load_model_and_processor(_cfg("sft2", tmp_path, task_files["sft2"], lora=True))
+    names = {n for n, p in lora_model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n and "language_model" in n for n in names)
+    assert not any("lora_" in n and "visual" in n for n in names)  # vision MLP names match, but it is frozen
+    assert any("merger" in n for n in names)  # projector fully trained (modules_to_save)
+    assert all("lora_" in n or "merger" in n for n in names)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# (a) SFT2 learns the grammar: greedy output parses and equals the target clips
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft2_overfits_until_greedy_output_is_the_target(task_files, tmp_path):
+    from data_builder.video import FrameCache
+    from stages.common import read_manifest, train_stage
+    from stages.modeling import load_pretrained, load_processor
+
+    cfg = _cfg("sft2", tmp_path / "sft2", task_files["sft2"], max_steps=200, save_steps=1000, logging_steps=50)
+    final = train_stage("sft2", cfg)
+    manifest = read_manifest(final)
+    assert manifest.stage == "sft2" and manifest.global_step == 200
+    assert manifest.metrics["last_mean_token_accuracy"] > 0.9
+
+    model, processor = load_pretrained(str(final)), load_processor(str(final))
+    model.eval()
+    cache = FrameCache()
+    from stages.batches import load_examples
+
+    for ex in load_examples(task_files["sft2"], task_prefix="sft2.", require_answer=True):
+        prompt = processor.apply_chat_template([m.model_dump() for m in ex.messages[:-1]], add_generation_prompt=True)
+        images = cache.images(ex.video, ex.frame_indices, max_pixels=PIXELS)
+        inputs = processor(text=[prompt], images=images, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=96, do_sample=False)
+        text = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        parsed = parse_clips(text, ex.duration_s)
+        assert parsed.ok, f"{ex.id}: {parsed.error}: {text!r}"
+        assert parsed.clips == sorted(ex.target_clips, key=lambda c: c.start_s), text
+
+
+# ------------------------------------------------------------------------------------------------------------
+# (b) Killed after its first checkpoint, restarted: same end as an uninterrupted run
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def _kill_after_first_save():
+    from transformers import TrainerCallback
+
+    class KillAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise _Killed(f"killed after saving step {state.global_step}")
+
+    return KillAfterFirstSave()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_killed_run_resumes_from_newest_complete_checkpoint(task_files, tmp_path, lora):
+    from stages.checkpoints import COMPLETE_MARKER, find_resume_checkpoint
+    from stages.common import read_manifest, train_stage
+
+    out = tmp_path / "run"
+    cfg = _cfg("sft2", out, task_files["sft2"], lora=lora, per_device_batch_size=1, max_steps=6, save_steps=2)
+    with pytest.raises(_Killed):
+        train_stage("sft2", cfg, callbacks=[_kill_after_first_save()])
+    assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()  # marked before the kill
+    assert not (out / "final").exists()
+    # a save that was cut short: files present, marker absent; it must never be resumed from
+    half = out / "checkpoint-4"
+    half.mkdir()
+    (half / ("adapter_model.safetensors" if lora else "model.safetensors")).write_bytes(b"truncated")
+    (half / "trainer_state.json").write_text('{"global_step": 4')
+    assert find_resume_checkpoint(out) == str(out / "checkpoint-2")
+
+    final = train_stage("sft2", cfg)
+    resumed = read_manifest(final)
+    assert resumed.resumed_from == str(out / "checkpoint-2")
+    assert resumed.global_step == 6
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert all((p / COMPLETE_MARKER).is_file() for p in out.glob("checkpoint-*"))
+
+    ref_out = tmp_path / "reference"
+    ref = read_manifest(train_stage("sft2", _cfg("sft2", ref_out, task_files["sft2"], lora=lora,
+                                                  per_device_batch_size=1, max_steps=6, save_steps=2)))
+    for field in ("stage", "started_from", "base_model", "data_fingerprint", "global_step", "num_train_examples", "lora"):
+        assert getattr(resumed, field) == getattr(ref, field), field
+    assert {k: v for k, v in resumed.config.items() if k != "output_dir"} == \
+        {k: v for k, v in ref.config.items() if k != "output_dir"}
+    assert set(resumed.metrics) == set(ref.metrics)
+    # same data order, optimizer and RNG state after the restart: the same weights as the uninterrupted run
+    a, b = _state(final), _state(ref_out / "final")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+    # a finished stage with the same recipe and data is not trained again
+    assert train_stage("sft2", cfg) == final and read_manifest(final).finished_at == resumed.finished_at
+
+
+def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):
+    from stages.checkpoints import COMPLETE_MARKER, discard_incomplete_checkpoints, find_resume_checkpoint
+
+    for step, complete in ((2, True), (4, True), (10, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / COMPLETE_MARKER).write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name
+    assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert discard_incomplete_checkpoints(tmp_path) == [tmp_path / "checkpoint-10"]
+    assert find_resume_checkpoint(tmp_path / "missing") is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# (d) SFT1 -> SFT2 handoff (SFT1 with LoRA, merged into its final model)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft1_to_sft2_handoff(task_files, tmp_path, tiny_model_dir):
+    from stages.common import read_manifest, resolve_model_path, train_stage
+
+    sft1_out, sft2_out = tmp_path / "sft1", tmp_path / "sft2"
+    sft2_cfg = _cfg("sft2", sft2_out, task_files["sft2"], init_from=sft1_out, max_steps=2, save_steps=2)
+    with pytest.raises(ConfigError, match="run the previous stage first"):
+        train_stage("sft2", sft2_cfg)
+
+    sft1_final = train_stage("sft1", _cfg("sft1", sft1_out, task_files["sft1"], lora=True, max_steps=3))
+    m1 = read_manifest(sft1_out)
+    assert m1.lora == "merged" and not (sft1_final / "adapter_config.json").exists()
+    base, tuned = _state(tiny_model_dir), _state(sft1_final)
+    assert base.keys() == tuned.keys()  # a plain model: the adapter is merged away
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert any("language_model" in k and "proj" in k for k in changed)  # LoRA merged into the LLM
+    assert any("merger" in k for k in changed)  # projector trained
+    assert not any(k.startswith("model.visual.blocks") or "patch_embed" in k for k in changed)  # vision frozen
+
+    assert resolve_model_path("tiny", str(sft1_out)) == str(sft1_final)
+    sft2_final = train_stage("sft2", sft2_cfg)
+    m2 = read_manifest(sft2_final)
+    assert m2.started_from == str(sft1_final) and m2.init_from == str(sft1_out)
+    assert m2.base_model == "tiny" and m2.global_step == 2
+    # SFT2 trained from SFT1's weights: its frozen vision tower is SFT1's (= the base's), its LLM moved on
+    sft2_state = _state(sft2_final)
+    assert torch.equal(sft2_state["model.visual.blocks.0.attn.qkv.weight"], tuned["model.visual.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(sft2_state["model.language_model.layers.0.mlp.up_proj.weight"],
+                           tuned["model.language_model.layers.0.mlp.up_proj.weight"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# (c) Two processes, DeepSpeed ZeRO-2 over gloo, through `accelerate launch`
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_zero2_over_gloo(task_files, tmp_path, tiny_model_dir):
+    import yaml
+
+    out = tmp_path / "zero2"
+    cfg = _cfg("sft2", out, task_files["sft2"], per_device_batch_size=1, max_steps=3, save_steps=2)
+    recipe = tmp_path / "sft2.yaml"
+    recipe.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "KFRAMES_CACHE": str(tiny_model_dir.parent), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/zero2.yaml",
+           "--num_processes", "2", "--main_process_port", "29517", "-m", "stages.sft2", "--config", str(recipe)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    manifest = json.loads((out / "final" / "stage.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["global_step"] == 3
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "kframes_complete.json").is_file()
+    shards = sorted(p.name for p in (ckpt / "global_step2").glob("zero_pp_rank_*_optim_states.pt"))
+    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["train", "sft2", "--config", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "config file not found" in err and err.count("\n") == 1
+
+    bad = tmp_path / "sft1.yaml"
+    bad.write_text("stage: sft1\noutput_dir: x\ndata: {train_file: t.jsonl}\n")
+    assert main(["train", "sft2", "--config", str(bad)]) == 2
+    assert "not 'sft2'" in capsys.readouterr().err
