@@ -9,14 +9,21 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-CONFIG_SIZE ?= tiny
+PIPELINE ?= configs/pipeline/tiny.yaml
 PROFILE ?= configs/cluster/slurm.yaml
+SUBMIT_PIPELINE ?=
+SUBMIT_ARGS ?=
 PYTEST_ARGS ?=
+KFRAMES := $(VENV)/bin/kframes
+RUN := $(KFRAMES) run --config $(PIPELINE)
 
-.PHONY: help install demo test data sft1 sft2 grpo train select eval bench bench-scenes bench-sampler bench-sft lint clean
+.PHONY: help install demo test test-fast data sft1 sft2 grpo train select eval run status bench bench-scenes \
+	bench-sampler bench-sft lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@echo "  Stage targets run the pipeline PIPELINE=$(PIPELINE) (e.g. PIPELINE=configs/pipeline/qwen2_5_vl_3b.yaml);"
+	@echo "  finished stages are skipped, interrupted ones resume. Slurm: make submit-all PROFILE=$(PROFILE)"
 
 install: $(STAMP) ## create .venv and install kframes into it (a no-op when nothing changed)
 
@@ -31,36 +38,47 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import cv2, scenedetect, decord, torchvision, transformers, trl; print('kframes installed:', 'transformers', transformers.__version__, 'trl', trl.__version__)"
 	touch $(STAMP)
 
-demo: install ## the whole pipeline end to end on generated videos and a tiny local model (demo_out/report.md)
-	$(VENV)/bin/kframes demo --out demo_out
+demo: install ## the whole pipeline on generated videos with a tiny local model -> demo_out/report.md (minutes, CPU)
+	$(KFRAMES) demo --out demo_out
 
-test: install ## run the test suite
+test: install ## run the test suite (a local Slurm is started for the submit tests where possible)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-data: install ## build PeakClips and the task files of every stage (CONFIG_SIZE=tiny|qwen2_5_vl_3b)
-	$(VENV)/bin/kframes data build --config configs/$(CONFIG_SIZE)/data.yaml
+test-fast: install ## the tests without the slow ones (no training, no Slurm)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-sft1: install ## train SFT stage 1 (temporal grounding)
-	$(VENV)/bin/kframes train sft1 --config configs/$(CONFIG_SIZE)/sft1.yaml
+data: install ## PeakClips and the task files of every stage (PIPELINE=...)
+	$(RUN) --only data
 
-sft2: install ## train SFT stage 2 (key-clip prediction)
-	$(VENV)/bin/kframes train sft2 --config configs/$(CONFIG_SIZE)/sft2.yaml
+sft1: install ## train SFT stage 1 (temporal grounding) from the data stage's tasks
+	$(RUN) --only sft1
 
-grpo: install ## train the GRPO stage against the downstream reward
-	$(VENV)/bin/kframes train grpo --config configs/$(CONFIG_SIZE)/grpo.yaml
+sft2: install ## train SFT stage 2 (key-clip prediction) from SFT1's final model
+	$(RUN) --only sft2
 
-train: sft1 sft2 grpo ## all three training stages in order
+grpo: install ## train the GRPO stage from SFT2's final model against the downstream reward
+	$(RUN) --only grpo
 
-select: install ## select frames for the demo's held-out queries with the trained selector
-	$(VENV)/bin/kframes run --config configs/pipeline/$(CONFIG_SIZE).yaml --from select --only select
+train: install ## all three training stages in order (sft1, sft2, grpo)
+	$(RUN) --only sft1 --only sft2 --only grpo
 
-eval: install ## evaluate the selector against the baselines (accuracy per k, cost)
-	$(VENV)/bin/kframes run --config configs/pipeline/$(CONFIG_SIZE).yaml --from eval --only eval
+select: install ## select frames for the held-out questions with the trained selector
+	$(RUN) --only select
 
-submit-%: install ## submit a stage (or `all`) to Slurm: make submit-sft1 PROFILE=configs/cluster/slurm.yaml
-	$(VENV)/bin/kframes submit $* --profile $(PROFILE)
+eval: install ## evaluate the trained selector against the baselines (accuracy per k, cost)
+	$(RUN) --only eval
 
-bench: bench-scenes bench-sampler bench-sft ## all benchmarks (JSON under benchmarks/results/)
+run: install ## the whole pipeline: data -> sft1 -> sft2 -> grpo -> select -> eval
+	$(RUN)
+
+status: install ## show which stages of PIPELINE are done, interrupted or to do
+	$(RUN) --status
+
+submit-%: install ## submit a stage (or all, chained) to Slurm: make submit-sft1 PROFILE=configs/cluster/slurm.yaml
+	$(KFRAMES) submit $* --profile $(PROFILE) $(if $(SUBMIT_PIPELINE),--config $(SUBMIT_PIPELINE)) $(SUBMIT_ARGS)
+
+bench: install ## every benchmark under benchmarks/ (JSON under benchmarks/results/, a table each)
+	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
 bench-scenes: install ## scene segmentation: F1 and throughput against scenedetect's detectors
 	$(PY) benchmarks/bench_scenes.py
@@ -71,8 +89,9 @@ bench-sampler: install ## any-k sampler latency per mode and k
 bench-sft: install ## SFT tokens/s and peak memory against plain TRL
 	$(PY) benchmarks/bench_sft.py
 
-lint: install ## ruff and a byte-compile of every package
-	$(VENV)/bin/ruff check pipeline stages data_builder rewards tests benchmarks || $(PY) -m compileall -q pipeline stages data_builder rewards
+lint: install ## ruff (when installed) or a byte-compile of every package
+	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check pipeline stages data_builder rewards tests benchmarks; \
+	else echo "ruff is not installed: byte-compiling only"; $(PY) -m compileall -q pipeline stages data_builder rewards tests benchmarks; fi
 
-clean: ## remove run outputs (keeps .venv)
+clean: ## remove run outputs (keeps .venv and the tiny-model cache)
 	rm -rf runs demo_out .pytest_cache

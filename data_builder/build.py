@@ -2,7 +2,7 @@
 
 Layout of the output folder:
 
-    <out>/videos/<video_id>.json   one per video: {"record": PeakClipsRecord, "stats": {...}}, written atomically
+    <out>/videos/<video_id>.json   one per video: {"record": PeakClipsRecord, "meta": {stats, notes}}, written atomically
                                    when the video is complete; its presence is what "done" means on a resume
     <out>/llm_cache/               every LLM answer, keyed by model and prompt (data_builder.llm)
     <out>/peakclips.jsonl          all records, one per line, collected at the end (in video order)
@@ -55,7 +55,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def list_videos(videos_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
     """(video_id, path) of every video under the folder, sorted. The id is the path relative to the folder
     without its extension, with `/` as `__` (so ids are unique and usable as file names)."""
-    root = Path(videos_dir)
+    root = Path(videos_dir).absolute()  # records name videos by absolute path: training runs elsewhere
     if not root.is_dir():
         raise DataError(f"{root}: videos folder not found")
     out: dict[str, Path] = {}
@@ -101,19 +101,11 @@ class BuildSummary:
 
 
 def detect(path: Path, video_id: str, scenes_cfg: Any) -> tuple[VideoInfo, list[Scene]]:
-    """Scenes from engineer A's segmenter, whatever container it returns them in."""
-    from data_builder.scenes import detect_scenes
+    """The video's info and scenes from the histogram segmenter (data_builder.scenes), decoded once."""
+    from data_builder.scenes import segment_video
 
-    result = detect_scenes(str(path), scenes_cfg)
-    if hasattr(result, "video") and hasattr(result, "scenes"):
-        info, scenes = result.video, list(result.scenes)
-    elif isinstance(result, tuple):
-        info, scenes = result[0], list(result[1])
-    else:
-        from data_builder.video import read_video_info
-
-        info, scenes = read_video_info(path), list(result)
-    return info.model_copy(update={"video_id": video_id, "path": str(path)}), scenes
+    result = segment_video(str(path), scenes_cfg)
+    return result.video.model_copy(update={"video_id": video_id, "path": str(path)}), list(result.scenes)
 
 
 class VideoAnnotator:

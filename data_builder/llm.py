@@ -336,13 +336,17 @@ class CachedBackend:
             first.setdefault(keys[i], i)
         uniq = list(first.values())
         self.misses += len(uniq)
-        if uniq:
-            answers = self.backend.generate([requests[i] for i in uniq])
-            for i, text in zip(uniq, answers, strict=True):
+        # Chunks of the backend's batch size, each cached as soon as it returns: an interrupt loses one chunk.
+        chunk = max(1, int(getattr(self.backend, "batch_size", 8)))
+        by_key: dict[str, str] = {}
+        for start in range(0, len(uniq), chunk):
+            part = uniq[start : start + chunk]
+            answers = self.backend.generate([requests[i] for i in part])
+            for i, text in zip(part, answers, strict=True):
                 atomic_write_json(self._path(keys[i]), {"model": self.identity, "text": text}, indent=None)
-            by_key = {keys[i]: text for i, text in zip(uniq, answers, strict=True)}
-            for i in todo:
-                out[i] = by_key[keys[i]]
+                by_key[keys[i]] = text
+        for i in todo:
+            out[i] = by_key[keys[i]]
         return [t if t is not None else "" for t in out]
 
 

@@ -41,7 +41,7 @@ def default_candidates(path: str, num_candidates: int) -> tuple[list[int], list[
     from data_builder.video import sample_candidates
 
     idx, ts = sample_candidates(path, num_candidates)
-    return [int(i) for i in idx], [float(t) for t in ts]
+    return [int(i) for i in idx], [round(float(t), 4) for t in ts]  # float32 stream times, to 0.1 ms
 
 
 def split_videos(video_ids: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[set[str], set[str]]:

@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,20 +61,51 @@ def _decoder_message(exc: BaseException) -> str:
     return text
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence decord's native error log while a file is opened: a failure becomes one VideoError line instead.
+
+    decord prints `ERROR opening: ...` from C++ straight to file descriptor 2, so only an fd-level redirect hides
+    it. It lasts for the open only (milliseconds). Set KFRAMES_DECODER_LOGS=1 to see the decoder's own messages.
+    """
+    if os.environ.get("KFRAMES_DECODER_LOGS") == "1":
+        yield
+        return
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable fd 2 (embedded interpreter): nothing to hide
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 def _open_decord(path: Path, *, width: int = -1, height: int = -1, num_threads: int = 1) -> Any:
     """A decord.VideoReader, or a VideoError saying why the file cannot be read."""
     import decord
 
     _check_file(path)
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads)
+        with _quiet_native_stderr():
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads)
     except (RuntimeError, decord.DECORDError) as exc:
         message = _decoder_message(exc)
         if "cannot find video stream" in message:
             raise VideoError(f"{path}: no video stream in the file (zero frames)") from None
         if "av_read_frame" in message:  # the index opened but the media data behind it is missing
             raise VideoError(f"{path}: truncated video (or corrupt): a frame listed in its index cannot be read") from None
-        if _container_probe(path)[1] == 0 and "buffer source" in message:
+        if _container_probe(path).declared_frames == 0 and "buffer source" in message:
             raise VideoError(f"{path}: video has zero frames") from None
         raise VideoError(
             f"{path}: cannot be read as a video (not a video file, or truncated/corrupt; decoder: {message})"
@@ -81,22 +115,37 @@ def _open_decord(path: Path, *, width: int = -1, height: int = -1, num_threads: 
     return vr
 
 
-def _container_probe(path: Path) -> tuple[int, int]:
-    """(rotation in degrees, frame count the container declares), read with OpenCV; (0, 0) when unknown."""
+@dataclass(frozen=True)
+class _Container:
+    """What OpenCV reads from the container without decoding: zeros where it cannot tell."""
+
+    rotation: int = 0
+    declared_frames: int = 0
+    width: int = 0  # displayed (after rotation)
+    height: int = 0
+
+
+def _container_probe(path: Path) -> _Container:
+    """Rotation, declared frame count and displayed size, read with OpenCV (no frame is decoded)."""
     try:
         import cv2
 
-        cap = cv2.VideoCapture(str(path))
+        with _quiet_native_stderr():  # OpenCV's FFmpeg logs its own complaint about a broken file
+            cap = cv2.VideoCapture(str(path))
         try:
             if not cap.isOpened():
-                return 0, 0
+                return _Container()
             rotation = int(round(cap.get(cv2.CAP_PROP_ORIENTATION_META) or 0.0)) % 360
             declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            # With auto-orientation OpenCV reports the displayed size, as decord decodes it; without, the stored one.
+            if rotation in (90, 270) and not cap.get(cv2.CAP_PROP_ORIENTATION_AUTO):
+                w, h = h, w
         finally:
             cap.release()
-    except Exception:  # OpenCV missing or built without these properties: both checks are best effort
-        return 0, 0
-    return rotation, max(declared, 0)
+    except Exception:  # OpenCV missing or built without these properties: every use has a fallback
+        return _Container()
+    return _Container(rotation, max(declared, 0), max(w, 0), max(h, 0))
 
 
 def _check_complete(path: Path, readable: int, declared: int) -> None:
@@ -136,10 +185,9 @@ def _is_vfr(starts: np.ndarray) -> bool:
     return bool(deltas.max() - deltas.min() > 0.5 * float(np.median(deltas)))
 
 
-def _make_info(path: Path, vr: Any, starts: np.ndarray, end_s: float, width: int, height: int) -> VideoInfo:
+def _make_info(path: Path, vr: Any, starts: np.ndarray, end_s: float, box: _Container, width: int, height: int) -> VideoInfo:
     n = len(vr)
-    rotation, declared = _container_probe(path)
-    _check_complete(path, n, declared)
+    _check_complete(path, n, box.declared_frames)
     duration = max(end_s, 1e-6)
     fps = float(vr.get_avg_fps() or 0.0) or n / duration
     return VideoInfo(
@@ -150,18 +198,19 @@ def _make_info(path: Path, vr: Any, starts: np.ndarray, end_s: float, width: int
         duration_s=duration,
         width=width,
         height=height,
-        rotation=rotation,
+        rotation=box.rotation,
         vfr=_is_vfr(starts),
     )
 
 
 def read_video_info(path: str | os.PathLike[str]) -> VideoInfo:
-    """Metadata of a video: frame count and times from the stream's index, size from its first frame."""
+    """Metadata of a video: frame count and times from the stream's index, size from the container (no decoding)."""
     p = Path(path)
     vr = _open_decord(p)
+    box = _container_probe(p)
     starts, end = _frame_times(vr, p)
-    height, width = _display_size(vr)
-    return _make_info(p, vr, starts, end, width, height)
+    width, height = (box.width, box.height) if box.width and box.height else _display_size(vr)[::-1]
+    return _make_info(p, vr, starts, end, box, width, height)
 
 
 def _display_size(vr: Any) -> tuple[int, int]:
@@ -206,19 +255,26 @@ class VideoReader:
         if width is not None and width <= 0:
             raise VideoError(f"{path}: width must be positive, got {width}")
         self.path = Path(path)
-        probe = _open_decord(self.path, num_threads=num_threads)
-        starts, end = _frame_times(probe, self.path)
-        full_h, full_w = _display_size(probe)
-        self.info: VideoInfo = _make_info(self.path, probe, starts, end, full_w, full_h)
-        self.timestamps_s: np.ndarray = starts
-        out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width)
-        if (out_w, out_h) == (full_w, full_h) or (max_pixels is None and width is None):
-            self._vr = probe
-            self.frame_size = (full_w, full_h)
+        box = _container_probe(self.path)
+        full_w, full_h = box.width, box.height
+        resize = max_pixels is not None or width is not None
+        if resize and full_w and full_h:  # size known without decoding: open the decoder once, already scaled
+            out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width)
+            scaled = (out_w, out_h) != (full_w, full_h)
+            vr = _open_decord(self.path, width=out_w if scaled else -1, height=out_h if scaled else -1,
+                              num_threads=num_threads)
         else:
-            del probe
-            self._vr = _open_decord(self.path, width=out_w, height=out_h, num_threads=num_threads)
-            self.frame_size = (out_w, out_h)
+            vr = _open_decord(self.path, num_threads=num_threads)
+            if not (full_w and full_h):
+                full_h, full_w = _display_size(vr)
+            out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width) if resize else (full_w, full_h)
+            if (out_w, out_h) != (full_w, full_h):
+                vr = _open_decord(self.path, width=out_w, height=out_h, num_threads=num_threads)
+        starts, end = _frame_times(vr, self.path)
+        self.info: VideoInfo = _make_info(self.path, vr, starts, end, box, full_w, full_h)
+        self.timestamps_s: np.ndarray = starts
+        self.frame_size: tuple[int, int] = (out_w, out_h)  # (width, height) of the frames handed out
+        self._vr = vr
 
     # -- context manager -------------------------------------------------------------------------------
     def __enter__(self) -> VideoReader:
@@ -296,7 +352,7 @@ def sample_candidates(path: str | os.PathLike[str], num_candidates: int) -> tupl
     """The selector's T candidate frames: uniformly spaced indices and their presentation times (no decoding)."""
     p = Path(path)
     vr = _open_decord(p)
-    _check_complete(p, len(vr), _container_probe(p)[1])
+    _check_complete(p, len(vr), _container_probe(p).declared_frames)
     starts, _ = _frame_times(vr, p)
     idx = uniform_indices(len(vr), num_candidates)
     return idx, [float(starts[i]) for i in idx]

@@ -19,6 +19,7 @@ from pipeline.errors import KframesError
 # it adds sets `func=handler(args) -> int | None`.
 COMMAND_MODULES: list[str] = [
     "pipeline.commands_basic",
+    "data_builder.commands",
     "data_builder.commands_data",
     "pipeline.commands_select",
     "pipeline.commands_eval",

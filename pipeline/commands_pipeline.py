@@ -17,9 +17,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     def show(outcome) -> None:  # noqa: ANN001 - StageOutcome
-        took = f"{outcome.seconds:.1f}s" if outcome.seconds is not None else "-"
-        verb = {"skip": "skipped", "resume": "resumed", "start": "ran"}[outcome.action]
-        print(f"[kframes run] {outcome.stage:<7} {verb:<8} {took:>9}  ({outcome.reason})", file=sys.stderr, flush=True)
+        print(f"[kframes run] {outcome.describe()}", file=sys.stderr, flush=True)
 
     run_pipeline(plan, from_stage=args.from_stage, only=args.only, force=args.force, on_outcome=show)
     print(format_status(plan))

@@ -22,14 +22,21 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     from pipeline.sampler import MODES
 
     p.add_argument("--k", type=int, required=True, help="frame budget")
-    p.add_argument("--mode", choices=MODES, default="auto", help="any-k mode (auto: focused for k <= 16, else hybrid)")
-    p.add_argument("--background-share", type=float, default=0.25, help="hybrid/soft: share of k outside the clips")
+    p.add_argument(
+        "--mode", choices=MODES, default="auto", help="any-k mode (auto: focused for k <= 16, else hybrid)"
+    )
+    p.add_argument(
+        "--background-share", type=float, default=0.25, help="hybrid/soft: share of k outside the clips"
+    )
     p.add_argument("--p1-weight", type=float, default=2.0, help="priority weight of P1 clips")
     p.add_argument("--p2-weight", type=float, default=1.0, help="priority weight of P2 clips")
 
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"background_share": args.background_share, "weights": {"P1": args.p1_weight, "P2": args.p2_weight}}
+    return {
+        "background_share": args.background_share,
+        "weights": {"P1": args.p1_weight, "P2": args.p2_weight},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,12 +84,24 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         try:
             times = [float(t) for t in json.loads(Path(args.timestamps).read_text(encoding="utf-8"))]
         except (OSError, ValueError, TypeError) as exc:
-            raise DataError(f"--timestamps {args.timestamps}: expected a JSON list of seconds ({exc})") from None
+            raise DataError(
+                f"--timestamps {args.timestamps}: expected a JSON list of seconds ({exc})"
+            ) from None
         if len(times) != args.num_frames:
-            raise DataError(f"--timestamps {args.timestamps}: {len(times)} timestamps for {args.num_frames} frames")
+            raise DataError(
+                f"--timestamps {args.timestamps}: {len(times)} timestamps for {args.num_frames} frames"
+            )
     duration = args.num_frames / args.fps if times is None else times[-1] + 1.0 / args.fps
     parsed = _clips_from_text(_read_clips_arg(args.clips), duration)
-    res = sample_frames(parsed.clips, args.num_frames, args.fps, args.k, args.mode, timestamps_s=times, **_sampler_kwargs(args))
+    res = sample_frames(
+        parsed.clips,
+        args.num_frames,
+        args.fps,
+        args.k,
+        args.mode,
+        timestamps_s=times,
+        **_sampler_kwargs(args),
+    )
     out = {
         "k": args.k,
         "mode": res.mode,
@@ -130,7 +149,15 @@ def _load_selector(args: argparse.Namespace) -> Any:
     )
 
 
-def _run_one(selector: Any, args: argparse.Namespace, video: str, query: str, options: list[str] | None, k: int, mode: str):
+def _run_one(
+    selector: Any,
+    args: argparse.Namespace,
+    video: str,
+    query: str,
+    options: list[str] | None,
+    k: int,
+    mode: str,
+):
     from pipeline.select import select_frames
 
     return select_frames(
@@ -169,7 +196,9 @@ def _batch_items(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         video = Path(obj["video"])
         if not video.is_absolute() and not video.exists() and (path.parent / video).exists():
             video = path.parent / video
-        items.append({"id": item_id, "video": str(video), "query": obj["query"], "options": opts, "k": k, "mode": mode})
+        items.append(
+            {"id": item_id, "video": str(video), "query": obj["query"], "options": opts, "k": k, "mode": mode}
+        )
     return items
 
 
@@ -196,7 +225,9 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
     from pipeline.io import atomic_write_jsonl, dumps_line
 
     if not args.out:
-        raise ConfigError("--batch needs --out FILE.jsonl (results are appended there as they come, and resumed)")
+        raise ConfigError(
+            "--batch needs --out FILE.jsonl (results are appended there as they come, and resumed)"
+        )
     batch = Path(args.batch)
     items = _batch_items(batch, args)
     out = Path(args.out)
@@ -204,7 +235,10 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
     done = {r["id"]: r for r in _read_done(out) + _read_done(partial)}
     todo = [it for it in items if it["id"] not in done]
     if done:
-        print(f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done", file=sys.stderr)
+        print(
+            f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done",
+            file=sys.stderr,
+        )
     atomic_write_jsonl(partial, [done[it["id"]] for it in items if it["id"] in done])
     sheets = Path(args.sheet) if args.sheet else None
     if todo:
@@ -222,7 +256,9 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
     atomic_write_jsonl(out, [done[it["id"]] for it in items])
     partial.unlink(missing_ok=True)
     fell = sum(bool(done[it["id"]]["fallback"]) for it in items)
-    print(f"kframes select: {len(items)} queries -> {out} ({fell} fell back to uniform frames)", file=sys.stderr)
+    print(
+        f"kframes select: {len(items)} queries -> {out} ({fell} fell back to uniform frames)", file=sys.stderr
+    )
     return 0
 
 
@@ -258,10 +294,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="turn a clip list into k frame indices with the any-k sampler (no model, no video)",
         description="Print the any-k sampler's result as JSON: indices, timestamps, per-clip allocations, fallback.",
     )
-    p.add_argument("--clips", required=True, help='clip list as JSON (or a file): [{"start": 12.0, "end": 18.5, "priority": "P1"}]')
+    p.add_argument(
+        "--clips",
+        required=True,
+        help='clip list as JSON (or a file): [{"start": 12.0, "end": 18.5, "priority": "P1"}]',
+    )
     p.add_argument("--num-frames", type=int, required=True, help="frames in the video")
     p.add_argument("--fps", type=float, required=True, help="frame rate")
-    p.add_argument("--timestamps", help="JSON file with every frame's presentation time (variable frame rate)")
+    p.add_argument(
+        "--timestamps", help="JSON file with every frame's presentation time (variable frame rate)"
+    )
     _add_sampler_args(p)
     p.set_defaults(func=_cmd_sample)
 
@@ -270,16 +312,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the trained selector on a video (or a JSONL batch) and pick k frames",
         description="Prints (or writes with --out) clips, frames, timestamps, the fallback flag and timings.",
     )
-    p.add_argument("--model", required=True, help="the selector: a stage's output folder, its final/, or 'tiny'")
+    p.add_argument(
+        "--model", required=True, help="the selector: a stage's output folder, its final/, or 'tiny'"
+    )
     p.add_argument("--video", help="video file")
     p.add_argument("--query", help="the question")
     p.add_argument("--options", nargs="+", help="multiple-choice options (shown to the selector, as in GRPO)")
-    p.add_argument("--batch", help='JSONL, one {"video", "query", "id"?, "options"?, "k"?, "mode"?} per line (needs --out)')
+    p.add_argument(
+        "--batch",
+        help='JSONL, one {"video", "query", "id"?, "options"?, "k"?, "mode"?} per line (needs --out)',
+    )
     p.add_argument("--out", help="write the result here (JSON; JSONL with --batch, resumable)")
-    p.add_argument("--sheet", help="contact sheet PNG of the chosen frames (with --batch: a folder, one PNG per id)")
+    p.add_argument(
+        "--sheet", help="contact sheet PNG of the chosen frames (with --batch: a folder, one PNG per id)"
+    )
     _add_sampler_args(p)
-    p.add_argument("--num-candidates", type=int, default=256, help="T: candidate frames shown to the selector")
-    p.add_argument("--max-pixels", type=int, default=None, help="pixels per candidate frame (default: the processor's)")
+    p.add_argument(
+        "--num-candidates", type=int, default=256, help="T: candidate frames shown to the selector"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=None, help="pixels per candidate frame (default: the processor's)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=_cmd_select)

@@ -98,16 +98,32 @@ class VideoSection(Section):
 
 
 class ScenesSection(Section):
-    """Histogram scene segmentation and its post-processing (issue 3)."""
+    """Histogram scene segmentation and its post-processing (issue 3, data_builder.scenes; defaults argued there)."""
 
-    threshold: float = Field(0.05, gt=0, lt=1, description="HistogramDetector threshold")
-    bins: int = Field(256, gt=0)
-    downscale_width: int = Field(160, gt=0, description="frames are decoded at this width for detection")
-    min_scene_len_s: float = Field(0.6, ge=0, description="shorter scenes are merged into a neighbour")
-    max_scene_len_s: float | None = Field(60.0, gt=0, description="longer scenes are split evenly")
-    gradual: Literal["none", "adaptive", "fade"] = Field(
-        "fade", description="extra handling of gradual transitions (fades/dissolves)"
+    threshold: float = Field(
+        0.15, gt=0, lt=1, description="HistogramDetector threshold: a cut candidate when 1 - correlation >= this"
     )
+    bins: int = Field(256, gt=1, le=256, description="luma histogram bins")
+    downscale_width: int = Field(160, gt=0, description="frames are decoded at this width for detection")
+    adaptive_ratio: float | None = Field(
+        3.0, gt=1, description="a cut must be this many times the mean difference of its neighbours (None: off)"
+    )
+    adaptive_window: int = Field(2, gt=0, description="neighbours on each side for adaptive_ratio (frames)")
+    min_scene_len_s: float = Field(0.3, ge=0, description="shorter scenes are merged into a neighbour")
+    max_scene_len_s: float | None = Field(60.0, gt=0, description="longer scenes are split evenly")
+    gradual: Literal["none", "fade", "dissolve", "fade+dissolve"] = Field(
+        "fade", description="gradual transitions: fades through black and/or dissolves (twin comparison)"
+    )
+    fade_luma: float = Field(16.0, ge=0, le=255, description="mean luma (0-255) below which a frame counts as black")
+    fade_max_step: float = Field(
+        10.0, gt=0, description="luma change per frame up to which a change next to black is a fade, not a cut"
+    )
+    dissolve_low: float = Field(
+        0.03, gt=0, lt=1, description="twin comparison: per-frame difference that opens/continues a gradual candidate"
+    )
+    dissolve_min_frames: int = Field(4, gt=1, description="twin comparison: shortest dissolve (frames)")
+    batch_size: int = Field(64, gt=0, description="frames decoded per batch (bounds memory)")
+    num_threads: int = Field(0, ge=0, description="decord decoding threads (0: auto)")
 
 
 class LLMSection(Section):

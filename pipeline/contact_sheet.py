@@ -52,7 +52,9 @@ def render_contact_sheet(
     from PIL import Image, ImageDraw, ImageFont
 
     if not (len(images) == len(indices) == len(timestamps_s)):
-        raise ValueError(f"{len(images)} images, {len(indices)} indices and {len(timestamps_s)} timestamps differ")
+        raise ValueError(
+            f"{len(images)} images, {len(indices)} indices and {len(timestamps_s)} timestamps differ"
+        )
     n = len(images)
     cols = columns or max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / cols))
@@ -102,6 +104,8 @@ def write_contact_sheet(
 ) -> None:
     """Render and write the sheet as PNG (atomically)."""
     buf = BytesIO()
-    sheet = render_contact_sheet(images, indices, timestamps_s, clips, title=title, columns=columns, priorities=priorities)
+    sheet = render_contact_sheet(
+        images, indices, timestamps_s, clips, title=title, columns=columns, priorities=priorities
+    )
     sheet.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())

@@ -50,6 +50,9 @@ class Scene(Record):
     end_frame: int = Field(gt=0, description="exclusive")
     start_s: float = Field(ge=0)
     end_s: float = Field(gt=0)
+    boundary: Literal["start", "cut", "gradual", "split"] | None = Field(
+        None, description="how the scene begins: video start, hard cut, fade/dissolve, or an even split of a long scene"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Scene:

@@ -135,8 +135,9 @@ def render_report(plan: Any, hits: dict[str, Any], sheets: list[Path], total_s: 
             lines.append(f"| {stage} | not run | - | - |")
             continue
         secs = rec.seconds if rec.seconds is not None else rec.seconds_total
-        main = next(iter(rec.outputs.values()), "")
-        lines.append(f"| {stage} | {rec.status} | {secs:.1f}s | `{Path(main).relative_to(out) if main.startswith(str(out)) else main}` |")
+        main = Path(next(iter(rec.outputs.values()), "-"))
+        shown = main.relative_to(out) if main.is_relative_to(out) else main
+        lines.append(f"| {stage} | {rec.status} | {secs:.1f}s | `{shown}` |")
     lines += [
         "",
         f"Total wall time of this invocation: {total_s:.1f}s (finished stages are skipped on a rerun).",
@@ -187,9 +188,8 @@ def run_demo(out: str | Path = "demo_out", *, config: str = DEFAULT_CONFIG, forc
 
         raise ConfigError(f"{config}: the demo needs a `samples` section (it scores frames against known scenes)")
 
-    def show(o) -> None:  # noqa: ANN001
-        took = f"{o.seconds:.1f}s" if o.seconds is not None else "-"
-        print(f"[kframes demo] {o.stage:<7} {o.action:<7} {took:>8}  ({o.reason})", flush=True)
+    def show(outcome) -> None:  # noqa: ANN001 - StageOutcome
+        print(f"[kframes demo] {outcome.describe()}", flush=True)
 
     run_pipeline(plan, force=force, on_outcome=show)
     selections = [obj for _, obj in iter_jsonl(plan.stage_dir("select") / SELECTIONS_FILE)]

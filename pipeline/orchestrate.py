@@ -442,6 +442,12 @@ class StageOutcome:
     seconds: float | None = None
     record: StageRecord | None = None
 
+    def describe(self) -> str:
+        """One progress line: `sft2    resumed      12.3s  (interrupted (attempt 1))`."""
+        took = f"{self.seconds:.1f}s" if self.seconds is not None else "-"
+        verb = {"skip": "skipped", "resume": "resumed", "start": "ran"}[self.action]
+        return f"{self.stage:<7} {verb:<8} {took:>9}  ({self.reason})"
+
 
 def run_stage(plan: Plan, stage: str, *, force: bool = False) -> StageOutcome:
     """Run (or skip, or resume) one stage, keeping its record up to date. The upstream must be done."""

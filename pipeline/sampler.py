@@ -145,7 +145,9 @@ def _valid_clips(clips: Sequence[KeyClip], tl: _Timeline) -> tuple[list[_Clip], 
             lo = int(tl.on_screen(np.array([(c.start_s + c.end_s) / 2]))[0])
             hi = lo + 1
         prev = out[-1] if out else None
-        if prev is not None and lo < prev.hi:  # two sub-frame clips on the same frame: one clip, like an overlap
+        if (
+            prev is not None and lo < prev.hi
+        ):  # two sub-frame clips on the same frame: one clip, like an overlap
             pri = prev.priority if PRIORITY_RANK[prev.priority] >= PRIORITY_RANK[c.priority] else c.priority
             out[-1] = _Clip(prev.start_s, max(prev.end_s, c.end_s), pri, prev.lo, max(prev.hi, hi))
         else:
@@ -169,7 +171,9 @@ def largest_remainder(quotas: np.ndarray, total: int, rank: np.ndarray | None = 
     return base
 
 
-def allocate(clips: Sequence[_Clip], target: int, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def allocate(
+    clips: Sequence[_Clip], target: int, weights: Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Split `target` frames over clips: quota ~ weight x length, largest remainder, capped at each clip's
     frame count (the excess goes to the clips with room, by the same rule), >= 1 per P1 clip when
     target >= the number of P1 clips. Returns (allocation, exact quotas). May allocate fewer than
@@ -272,7 +276,11 @@ def _refill(missed: int, clips: Sequence[_Clip], tl: _Timeline, picker: _Picker)
     for ranges in (_gaps(clips, tl.n), [(0, tl.n)]):
         if missed <= 0:
             return
-        free = np.array([f for lo, hi in ranges for f in range(lo, hi) if f not in picker.used], dtype=np.int64)
+        mask = np.zeros(tl.n, dtype=bool)
+        for lo, hi in ranges:
+            mask[lo:hi] = True
+        mask[list(picker.used)] = False
+        free = np.flatnonzero(mask)
         if free.size == 0:
             continue
         take = min(missed, free.size)
@@ -281,7 +289,9 @@ def _refill(missed: int, clips: Sequence[_Clip], tl: _Timeline, picker: _Picker)
         missed -= take
 
 
-def uniform_frames(num_frames: int, k: int, fps: float = 1.0, timestamps_s: Sequence[float] | None = None) -> list[int]:
+def uniform_frames(
+    num_frames: int, k: int, fps: float = 1.0, timestamps_s: Sequence[float] | None = None
+) -> list[int]:
     """min(k, num_frames) frames uniform in time: the frame on screen at the midpoint of each of k equal
     spans (for constant frame rate, index floor((j + 0.5) * num_frames / k))."""
     tl = _Timeline(num_frames, fps, timestamps_s)
@@ -399,7 +409,8 @@ def sample_frames(
 
     clips: the selector's clips (seconds). num_frames/fps/timestamps_s: the video (timestamps_s, one per
     frame, makes it VFR-correct). k: the frame budget. mode: focused | hybrid | auto | set | soft.
-    weights: priority weights (default P1=2, P2=1). background_share: hybrid's share of k outside clips.
+    weights: priority weights (default P1=2, P2=1; a partial mapping keeps the other default).
+    background_share: hybrid's (and soft's) share of k outside the clips.
     set mode: l_rel/l_cov/l_red, tau_c and gamma (in candidate-grid steps) are HFS's defaults; it chooses
     among `num_candidates` uniform grid frames (at least k); per-frame scores are the clip score, or
     `score_floor` outside clips, blended with `frame_scores` (image-text similarity, one per frame or a
@@ -416,9 +427,9 @@ def sample_frames(
         raise SamplerError(f"fps must be positive, got {fps!r}")
     if not 0.0 <= background_share <= 1.0:
         raise SamplerError(f"background_share must be in [0, 1], got {background_share}")
-    w = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}  # a partial mapping keeps the default for the other priority
     if set(w) != set(PRIORITY_RANK) or any(not v > 0 for v in w.values()):
-        raise SamplerError(f"weights must give a positive weight to each of P1 and P2, got {w}")
+        raise SamplerError(f"weights must be positive and only for P1 and P2, got {dict(weights or {})}")
     if gamma <= 0 or tau_c <= 0 or temperature <= 0 or alpha <= 0 or num_candidates <= 0:
         raise SamplerError("gamma, tau_c, temperature, alpha and num_candidates must be positive")
     num_frames, k = int(num_frames), int(k)
@@ -440,10 +451,16 @@ def sample_frames(
     quotas = np.zeros(len(valid))
     alloc = np.zeros(len(valid), dtype=np.int64)
     if resolved == "set":
-        grid = np.array(uniform_frames(num_frames, max(num_candidates, k_eff), fps, timestamps_s), dtype=np.int64)
-        chosen = hfs_greedy(scores_of(grid), k_eff, l_rel=l_rel, l_cov=l_cov, l_red=l_red, tau_c=tau_c, gamma=gamma)
+        grid = np.array(
+            uniform_frames(num_frames, max(num_candidates, k_eff), fps, timestamps_s), dtype=np.int64
+        )
+        chosen = hfs_greedy(
+            scores_of(grid), k_eff, l_rel=l_rel, l_cov=l_cov, l_red=l_red, tau_c=tau_c, gamma=gamma
+        )
         picker.used.update(grid[chosen].tolist())
-        alloc = np.array([int(((grid[chosen] >= c.lo) & (grid[chosen] < c.hi)).sum()) for c in valid], dtype=np.int64)
+        alloc = np.array(
+            [int(((grid[chosen] >= c.lo) & (grid[chosen] < c.hi)).sum()) for c in valid], dtype=np.int64
+        )
     else:
         n_p1 = sum(c.priority == "P1" for c in valid)
         clip_target = k_eff

@@ -77,7 +77,13 @@ class Selector:
     """
 
     def __init__(
-        self, model: Any, processor: Any, *, num_candidates: int = 256, max_pixels: int | None = None, cache_videos: int = 4
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        num_candidates: int = 256,
+        max_pixels: int | None = None,
+        cache_videos: int = 4,
     ) -> None:
         from data_builder.video import FrameCache
 
@@ -89,7 +95,9 @@ class Selector:
         if max_pixels is None:
             size = getattr(processor, "image_processor", None)
             size = getattr(size, "size", None) or {}
-            max_pixels = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+            max_pixels = (
+                size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+            )
         self.max_pixels = int(max_pixels) if max_pixels else None
         self.cache = FrameCache(max_videos=cache_videos)
         self._times: dict[str, np.ndarray] = {}
@@ -124,7 +132,11 @@ class Selector:
         return info, self._times[key]
 
     def predict(
-        self, video_path: str | Path, query: str, options: Sequence[str] | None = None, max_new_tokens: int = 256
+        self,
+        video_path: str | Path,
+        query: str,
+        options: Sequence[str] | None = None,
+        max_new_tokens: int = 256,
     ) -> Prediction:
         """Decode the T candidate frames, show them to the selector with the query, parse its clip list.
 
@@ -159,7 +171,11 @@ class Selector:
         return Prediction(
             clips=parsed,
             raw=raw,
-            timings={"decode_s": t1 - t0, "model_s": t2 - t1, "prompt_tokens": int(inputs["input_ids"].shape[1])},
+            timings={
+                "decode_s": t1 - t0,
+                "model_s": t2 - t1,
+                "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            },
             video=info,
             candidate_indices=list(cand),
             candidate_timestamps_s=cand_t,
@@ -167,7 +183,9 @@ class Selector:
         )
 
 
-def choose_frames(prediction: Prediction, k: int, mode: str = "auto", **sampler_kwargs: Any) -> tuple[SampleResult, float]:
+def choose_frames(
+    prediction: Prediction, k: int, mode: str = "auto", **sampler_kwargs: Any
+) -> tuple[SampleResult, float]:
     """The any-k half: the prediction's clips -> k frames (and the seconds it took)."""
     t0 = time.perf_counter()
     res = sample_frames(
@@ -202,7 +220,11 @@ def selection_from_prediction(
     pred: Prediction, video: str, query: str, k: int, mode: str = "auto", **sampler_kwargs: Any
 ) -> SelectionResult:
     res, sampling_s = choose_frames(pred, k, mode, **sampler_kwargs)
-    timings = {"decode_s": pred.timings["decode_s"], "model_s": pred.timings["model_s"], "sampling_s": sampling_s}
+    timings = {
+        "decode_s": pred.timings["decode_s"],
+        "model_s": pred.timings["model_s"],
+        "sampling_s": sampling_s,
+    }
     timings["total_s"] = sum(timings.values())
     return SelectionResult(
         video=video,

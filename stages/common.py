@@ -245,7 +245,7 @@ def run_stage(
 
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = _numeric(result.metrics)
-    metrics.update(_last_logged(trainer.state.log_history, ("loss", "mean_token_accuracy", "num_tokens")))
+    metrics.update(_last_logged(trainer.state.log_history, ("loss", "mean_token_accuracy")))
     if trainer.eval_dataset is not None:
         metrics.update(_numeric(trainer.evaluate()))
     metrics.update({k: float(v) for k, v in counts.items()})

@@ -210,6 +210,9 @@ def load_model_and_processor(cfg: Any, *, model_path: str | None = None) -> tupl
     processor = load_processor(path, cfg.frames)
     counts = apply_freezing(model, freeze_vision=cfg.model.freeze_vision, freeze_projector=cfg.model.freeze_projector)
     if cfg.lora.enabled:
+        from transformers import set_seed
+
+        set_seed(cfg.train.seed)  # adapter init is random: the same recipe must start from the same adapter
         model = apply_lora(model, cfg)
         counts = parameter_counts(model)
     logger.info(

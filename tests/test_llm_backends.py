@@ -68,9 +68,11 @@ class FakeServer:
                 images = sum(1 for p in content if p["type"] == "image_url")
                 ok = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"echo {prompt} images={images}"}}]})
                 if mode == "slow-once" and n == 1:
-                    time.sleep(1.0)
-                if mode == "slow":
-                    time.sleep(0.1)
+                    time.sleep(1.5)
+                if mode == "gate":  # hold the request until 3 are in flight (or 3 s pass): shows concurrency
+                    deadline = time.monotonic() + 3.0
+                    while server.max_in_flight < 3 and time.monotonic() < deadline:
+                        time.sleep(0.01)
                 if (mode == "500-twice" and n <= 2) or mode == "always-500":
                     return self._send(500, b'{"error": "internal"}')
                 if mode == "malformed" or (mode == "malformed-once" and n == 1):
@@ -103,20 +105,23 @@ def backend(server, monkeypatch):
     monkeypatch.setenv("KFRAMES_TEST_KEY", SECRET)
     b = OpenAIBackend(
         base_url=server.url, model="served-model", api_key_env="KFRAMES_TEST_KEY", batch_size=3,
-        timeout_s=0.4, max_retries=2, backoff_s=0.01,
+        timeout_s=0.5, max_retries=2, backoff_s=0.01,
     )
     yield b
     b.close()
 
 
-def test_openai_batch_keeps_order_sends_images_and_key(server, backend):
+def test_openai_batch_keeps_order_sends_images_and_key(server, monkeypatch):
+    monkeypatch.setenv("KFRAMES_TEST_KEY", SECRET)
+    backend = OpenAIBackend(base_url=server.url, model="served-model", api_key_env="KFRAMES_TEST_KEY",
+                            batch_size=3, timeout_s=10, max_retries=0)
     img = Image.new("RGB", (64, 48), (200, 10, 10))
-    reqs = [LLMRequest(prompt=f"slow:{i}", images=[img] * (i % 3)) for i in range(7)]
+    reqs = [LLMRequest(prompt=f"gate:{i}", images=[img] * (i % 3)) for i in range(7)]
     out = backend.generate(reqs)
-    assert out == [f"echo slow:{i} images={i % 3}" for i in range(7)]
+    backend.close()
+    assert out == [f"echo gate:{i} images={i % 3}" for i in range(7)]
     assert set(server.auth) == {f"Bearer {SECRET}"}
-    # at most batch_size requests in flight, and more than one (it does batch)
-    assert 1 < server.max_in_flight <= 3
+    assert server.max_in_flight == 3  # batch_size requests in flight, never more
     part = next(p for r in server.requests for p in r["messages"][-1]["content"] if p["type"] == "image_url")
     assert part["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert server.requests[0]["model"] == "served-model"

@@ -290,7 +290,6 @@ def test_build_on_real_videos_with_the_tiny_model_resumes_after_an_interrupt(
     two_real_videos, tmp_path, tiny_model_dir, monkeypatch
 ):
     from data_builder import build as build_mod
-    from data_builder.llm import TransformersBackend
 
     cfg = _data_cfg(
         tmp_path,
@@ -299,19 +298,15 @@ def test_build_on_real_videos_with_the_tiny_model_resumes_after_an_interrupt(
         relevance={"scorer": "llm", "max_reasks": 1},
     )
     out = tmp_path / "out"
-    calls = {"n": 0}
-    real_generate = TransformersBackend.generate
+    real_score = LLMScorer.score
 
-    def interrupt_in_second_video(self, requests):
-        # Scoring is asked twice per video (all scenes, then one re-ask): the third time is the second
-        # video's, after its captions, chapters and summary were generated and cached.
-        if "You rate how relevant" in requests[0].prompt:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-        return real_generate(self, requests)
+    def interrupt_in_second_video(self, ctx, queries):
+        # Ctrl-C while scoring the second video, after its captions, chapters and summary were generated
+        if ctx.video_path.endswith("testvideo.mp4"):
+            raise KeyboardInterrupt
+        return real_score(self, ctx, queries)
 
-    monkeypatch.setattr(TransformersBackend, "generate", interrupt_in_second_video)
+    monkeypatch.setattr(LLMScorer, "score", interrupt_in_second_video)
     with pytest.raises(KeyboardInterrupt):
         build_mod.build_peakclips(cfg, videos_dir=two_real_videos, out_dir=out, progress=False)
     done = sorted(p.name for p in (out / "videos").glob("*.json"))
@@ -327,6 +322,7 @@ def test_build_on_real_videos_with_the_tiny_model_resumes_after_an_interrupt(
         misses.append(self.llm.backend.misses)
         return result
 
+    monkeypatch.setattr(LLMScorer, "score", real_score)
     monkeypatch.setattr(build_mod.VideoAnnotator, "annotate", counting_annotate)
     summary = build_mod.build_peakclips(cfg, videos_dir=two_real_videos, out_dir=out, progress=False)
     assert summary.skipped == ["bikes"] and summary.built == ["testvideo"] and summary.complete
@@ -379,3 +375,54 @@ def test_cli_data_tasks_and_bad_inputs(tmp_path, capsys):
     assert "videos folder not found" in capsys.readouterr().err
     assert main(["data", "build", "--config", str(cfg), "--videos", str(tmp_path), "--shard", "3/2"]) == 2
     assert "0 <= i < N" in capsys.readouterr().err
+
+
+def test_embedding_scorer_with_a_tiny_local_sentence_transformer(tmp_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    from data_builder.relevance import EmbeddingScorer
+    from pipeline.tiny_model import TINY_RECIPE, _build_tokenizer
+
+    tok = _build_tokenizer(TINY_RECIPE)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    BertModel(cfg).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    SentenceTransformer(modules=[Transformer(str(tmp_path / "bert")), Pooling(32, "mean")]).save(str(tmp_path / "st"))
+
+    ctx = _ctx()
+    ctx.captions = {0: "a blue car drives", 1: "a red ball rolls", 2: "two dogs sit near a tree"}
+    [res] = EmbeddingScorer(str(tmp_path / "st")).score(ctx, [Query(query_id="q", text="a red ball rolls")])
+    # the caption identical to the query has cosine 1: it is the video's best scene, score 5
+    assert res.scores[1].score == 5.0 and res.scores[1].reason == "caption similarity 1.000"
+    assert all(1.0 <= s.score < 5.0 for i, s in enumerate(res.scores) if i != 1)
+
+
+def test_user_queries_and_imported_captions_errors_name_the_line(tmp_path):
+    from data_builder.captions import apply_imported, import_captions
+    from data_builder.queries import load_user_queries
+    from pipeline.errors import DataError
+
+    qf = tmp_path / "q.jsonl"
+    qf.write_text('{"video_id": "v", "text": "Who runs?"}\n\n{"video_id": "v", "text": "Which?", "options": ["a", "b"], "answer": 2}\n')
+    with pytest.raises(DataError, match=r"q.jsonl:3: .*answer 2 is outside options"):
+        load_user_queries(qf)
+    qf.write_text('{"video_id": "v", "text": "Who runs?"}\n{"video_id": "w", "text": "Which?", "options": ["a", "b"], "answer": 1}\n')
+    got = load_user_queries(qf)
+    assert [q.query_id for q in got["v"]] == ["v-u1"] and got["w"][0].answer == 1
+
+    cf = tmp_path / "c.json"
+    cf.write_text(json.dumps({"v": {"scenes": [{"start_s": 3, "end_s": 1, "text": "x"}]}}))
+    with pytest.raises(DataError, match=r"v: scenes\[0\]: end_s"):
+        import_captions(cf)
+    cf.write_text(json.dumps({"v": {"scenes": [{"start_s": 0.2, "end_s": 1.8, "text": "a dog"},
+                                               {"start_s": 1.9, "end_s": 2.8, "text": "it jumps"},
+                                               {"scene_index": 2, "text": "a cat"}],
+                                    "chapters": [{"start_s": 0, "end_s": 6, "text": "pets"}], "summary": "Pets."}}))
+    caps, chapters, summary = apply_imported(import_captions(cf)["v"], _scenes([0, 2, 4, 6]))
+    assert caps == {0: "a dog", 1: "it jumps", 2: "a cat"}  # spans go to the scene they overlap most
+    assert [(c.scene_start, c.scene_end) for c in chapters] == [(0, 2)] and summary.text == "Pets."

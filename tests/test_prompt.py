@@ -18,10 +18,17 @@ DURATION = 120.0
 def disjoint_clips(draw: st.DrawFn, duration: float = DURATION) -> list[KeyClip]:
     """Non-overlapping clips on the 0.1 s grid the selector writes, in random order."""
     n = draw(st.integers(1, 6))
-    cuts = sorted(draw(st.lists(st.integers(0, int(duration * 10)), min_size=2 * n, max_size=2 * n, unique=True)))
+    cuts = sorted(
+        draw(st.lists(st.integers(0, int(duration * 10)), min_size=2 * n, max_size=2 * n, unique=True))
+    )
     reasons = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
     clips = [
-        KeyClip(start_s=cuts[2 * i] / 10, end_s=cuts[2 * i + 1] / 10, priority=draw(st.sampled_from(["P1", "P2"])), reason=draw(reasons))
+        KeyClip(
+            start_s=cuts[2 * i] / 10,
+            end_s=cuts[2 * i + 1] / 10,
+            priority=draw(st.sampled_from(["P1", "P2"])),
+            reason=draw(reasons),
+        )
         for i in range(n)
     ]
     return draw(st.permutations(clips))
@@ -43,16 +50,26 @@ def test_format_then_parse_round_trips(clips: list[KeyClip]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     st.floats(0.05, 300),
-    st.lists(st.tuples(st.floats(0, 1 - 1e-6), st.floats(1e-4, 30), st.sampled_from(["P1", "P2"])), min_size=1, max_size=6),
+    st.lists(
+        st.tuples(st.floats(0, 1 - 1e-6), st.floats(1e-4, 30), st.sampled_from(["P1", "P2"])),
+        min_size=1,
+        max_size=6,
+    ),
 )
 def test_format_then_parse_round_trips_off_grid_times_within_rounding(duration: float, raw) -> None:
-    clips = [KeyClip(start_s=f * duration, end_s=min(f * duration + d, duration), priority=p) for f, d, p in raw]
+    clips = [
+        KeyClip(start_s=f * duration, end_s=min(f * duration + d, duration), priority=p) for f, d, p in raw
+    ]
     clips = [c for c in clips if c.end_s > c.start_s] or [KeyClip(start_s=0, end_s=duration, priority="P1")]
     parsed = parse_clips(format_clips(clips, duration_s=duration), duration)
     assert parsed.ok, parsed.error  # never start == end or past the video after rounding
-    for c in clips:  # every input span is covered (within rounding) by an output clip of at least its priority
+    for (
+        c
+    ) in clips:  # every input span is covered (within rounding) by an output clip of at least its priority
         assert any(
-            p.start_s <= c.start_s + 0.1 + 1e-9 and c.end_s - 0.1 - 1e-9 <= p.end_s and p.priority <= c.priority
+            p.start_s <= c.start_s + 0.1 + 1e-9
+            and c.end_s - 0.1 - 1e-9 <= p.end_s
+            and p.priority <= c.priority
             for p in parsed.clips
         )
 
@@ -91,7 +108,7 @@ def test_prose_and_code_fences_around_the_list_are_accepted(clips: list[KeyClip]
         ('[{"start": "soon", "end": 4, "priority": "P1"}]', "start is not a number"),
         ('[{"end": 4, "priority": "P1"}]', "start is missing"),
         ('[{"start": NaN, "end": 4, "priority": "P1"}]', "start is not a finite number"),
-        ('[[1, 2]]', "clip 0: is not an object"),
+        ("[[1, 2]]", "clip 0: is not an object"),
         ('[{"start": 1, "end": 4, "priority": "P1"', "no JSON list of clips found"),  # cut off mid-list
     ],
 )
@@ -113,13 +130,19 @@ def test_tolerated_forms() -> None:
     # "12.5s" strings, lower-case priorities, an end a hair past the video (rounded timestamps) is clamped
     parsed = parse_clips('[{"start": "12.5s", "end": 120.04, "priority": "p2"}]', DURATION)
     assert parsed.ok
-    assert (parsed.clips[0].start_s, parsed.clips[0].end_s, parsed.clips[0].priority) == (12.5, DURATION, "P2")
+    assert (parsed.clips[0].start_s, parsed.clips[0].end_s, parsed.clips[0].priority) == (
+        12.5,
+        DURATION,
+        "P2",
+    )
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 100), st.integers(1, 20), st.sampled_from(["P1", "P2"])), min_size=1, max_size=8
+        st.tuples(st.integers(0, 100), st.integers(1, 20), st.sampled_from(["P1", "P2"])),
+        min_size=1,
+        max_size=8,
     )
 )
 def test_overlapping_clips_merge_keeping_the_higher_priority(raw) -> None:
@@ -154,7 +177,9 @@ def test_merging_example() -> None:
 
 
 def test_renderer_puts_each_frame_after_its_timestamp_then_the_query() -> None:
-    msgs = render_selector_messages([0.0, 2.54, 7.0], "where is the dog?", duration_s=9.0, options=["park", "home"])
+    msgs = render_selector_messages(
+        [0.0, 2.54, 7.0], "where is the dog?", duration_s=9.0, options=["park", "home"]
+    )
     assert len(msgs) == 1 and msgs[0]["role"] == "user"
     parts = msgs[0]["content"]
     frames = [i for i, p in enumerate(parts) if p["type"] == "image"]

@@ -101,7 +101,11 @@ def test_hybrid_background_share_holds_within_one_frame(case, share: float) -> N
     inside = sum(a["end_frame"] - a["first_frame"] for a in res.allocations)
     n_p1 = sum(a["priority"] == "P1" for a in res.allocations)
     # the share is honoured when the video has room for it on both sides and the P1 guarantee leaves it be
-    if n - inside >= math.ceil(want) + 1 and inside >= k_eff - math.floor(want) + 1 and k_eff - round(want) >= n_p1:
+    if (
+        n - inside >= math.ceil(want) + 1
+        and inside >= k_eff - math.floor(want) + 1
+        and k_eff - round(want) >= n_p1
+    ):
         assert abs(res.background - want) <= 1
 
 
@@ -185,7 +189,11 @@ def test_sub_frame_clips_take_the_frame_on_screen_and_collisions_are_refilled() 
 def test_overlapping_clips_merge_keeping_the_higher_priority() -> None:
     res = sample_frames([clip(0, 10, "P2"), clip(5, 15, "P1")], 1000, 10.0, 4, "focused")
     assert len(res.allocations) == 1
-    assert (res.allocations[0]["start_s"], res.allocations[0]["end_s"], res.allocations[0]["priority"]) == (0, 15, "P1")
+    assert (res.allocations[0]["start_s"], res.allocations[0]["end_s"], res.allocations[0]["priority"]) == (
+        0,
+        15,
+        "P1",
+    )
 
 
 def test_no_valid_clip_falls_back_to_uniform_and_says_why() -> None:
@@ -221,7 +229,9 @@ def test_uniform_frames_are_segment_midpoints() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _hfs_objective(scores: np.ndarray, chosen: list[int], l_rel=0.5, l_cov=0.3, l_red=0.2, tau_c=2.0, gamma=10.0):
+def _hfs_objective(
+    scores: np.ndarray, chosen: list[int], l_rel=0.5, l_cov=0.3, l_red=0.2, tau_c=2.0, gamma=10.0
+):
     """HFS eq. 11-15, written out directly with a binary mask m."""
     m = np.zeros(scores.size)
     m[chosen] = 1
@@ -249,9 +259,9 @@ def test_hfs_greedy_takes_the_best_marginal_gain_of_the_paper_objective(scores: 
             for c in range(s.size)
             if c not in chosen
         ]
-        assert _hfs_objective(s, chosen + [j], gamma=gamma) - _hfs_objective(s, chosen, gamma=gamma) == pytest.approx(
-            max(gains), abs=1e-9
-        )
+        assert _hfs_objective(s, chosen + [j], gamma=gamma) - _hfs_objective(
+            s, chosen, gamma=gamma
+        ) == pytest.approx(max(gains), abs=1e-9)
 
 
 def test_set_mode_prefers_clip_frames_but_spreads_them() -> None:
@@ -275,7 +285,13 @@ def test_set_mode_blends_similarity_scores() -> None:
     assert not any(200 <= i < 210 for i in base.indices)
     assert any(200 <= i < 210 for i in blended.indices)
     as_map = sample_frames(
-        [clip(100, 125.6, "P2")], 256, 1.0, 2, "set", frame_scores={i: float(v) for i, v in enumerate(sims)}, sim_weight=0.9
+        [clip(100, 125.6, "P2")],
+        256,
+        1.0,
+        2,
+        "set",
+        frame_scores={i: float(v) for i, v in enumerate(sims)},
+        sim_weight=0.9,
     )
     assert as_map.indices == blended.indices
 
@@ -298,6 +314,19 @@ def test_bad_arguments_raise_a_user_error_naming_the_problem() -> None:
     with pytest.raises(SamplerError, match="timestamps_s has 3 entries but the video has 1000 frames"):
         sample_frames(TWO, 1000, 10.0, 8, timestamps_s=[0.0, 0.1, 0.2])
     with pytest.raises(SamplerError, match="weights"):
-        sample_frames(TWO, 1000, 10.0, 8, weights={"P1": 1.0})
+        sample_frames(TWO, 1000, 10.0, 8, weights={"P3": 1.0})
+    with pytest.raises(SamplerError, match="weights"):
+        sample_frames(TWO, 1000, 10.0, 8, weights={"P1": 0.0})
     with pytest.raises(SamplerError, match="frame_scores has 2 entries"):
         sample_frames(TWO, 1000, 10.0, 8, "set", frame_scores=[0.1, 0.2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 100_000), st.integers(1, 300), st.sampled_from([1.0, 23.976, 25.0, 30.0, 59.94]))
+def test_uniform_fallback_equals_the_uniform_baseline_at_constant_frame_rate(
+    n: int, k: int, fps: float
+) -> None:
+    from data_builder.video import uniform_indices
+
+    assert uniform_frames(n, k, fps) == uniform_indices(n, k)
+    assert sample_frames([], n, fps, k).indices == uniform_indices(n, k)

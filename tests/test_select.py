@@ -42,7 +42,9 @@ def _script(selector, monkeypatch, answer: str) -> list[dict]:
     return seen
 
 
-def test_predict_shows_the_model_t_frames_after_their_timestamps_and_parses_its_answer(selector, bikes, monkeypatch) -> None:
+def test_predict_shows_the_model_t_frames_after_their_timestamps_and_parses_its_answer(
+    selector, bikes, monkeypatch
+) -> None:
     from pipeline.select import select_frames
 
     seen = _script(selector, monkeypatch, CLIP_ANSWER)
@@ -105,7 +107,9 @@ def test_contact_sheet_draws_every_frame_with_its_priority(tmp_path: Path) -> No
     sheet = render_contact_sheet(images, [5, 15, 25, 35, 45], times, clips, title="q", columns=5)
     arr = np.asarray(sheet)
     cell_w = sheet.width // 5
-    border_colours = [tuple(arr[arr.shape[0] - 30, j * cell_w + 1]) for j in range(5)]  # left border of each tile
+    border_colours = [
+        tuple(arr[arr.shape[0] - 30, j * cell_w + 1]) for j in range(5)
+    ]  # left border of each tile
     assert border_colours == [COLOURS[None], COLOURS["P1"], COLOURS[None], COLOURS["P2"], COLOURS[None]]
     out = tmp_path / "sheet.png"
     write_contact_sheet(out, images, [5, 15, 25, 35, 45], times, clips)
@@ -119,7 +123,24 @@ def test_contact_sheet_draws_every_frame_with_its_priority(tmp_path: Path) -> No
 
 def test_kframes_sample_prints_the_samplers_result(capsys) -> None:
     clips = '[{"start": 10, "end": 20, "priority": "P1"}, {"start": 40, "end": 70, "priority": "P2"}]'
-    assert main(["sample", "--clips", clips, "--num-frames", "1000", "--fps", "10", "--k", "8", "--mode", "focused"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--clips",
+                clips,
+                "--num-frames",
+                "1000",
+                "--fps",
+                "10",
+                "--k",
+                "8",
+                "--mode",
+                "focused",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["indices"] == [116, 150, 183, 430, 490, 550, 610, 670]
     assert out["timestamps_s"] == [11.6, 15.0, 18.3, 43.0, 49.0, 55.0, 61.0, 67.0]
@@ -129,9 +150,16 @@ def test_kframes_sample_prints_the_samplers_result(capsys) -> None:
 def test_kframes_sample_reads_a_file_and_reports_unparseable_clips(tmp_path: Path, capsys) -> None:
     f = tmp_path / "clips.json"
     f.write_text('[{"start_s": 1.0, "end_s": 2.0, "priority": "P2"}]')
-    assert main(["sample", "--clips", str(f), "--num-frames", "100", "--fps", "10", "--k", "3", "--mode", "soft"]) == 0
+    assert (
+        main(
+            ["sample", "--clips", str(f), "--num-frames", "100", "--fps", "10", "--k", "3", "--mode", "soft"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out["indices"] == [12, 17, 55] and len(out["token_budget"]) == 3  # hybrid: 2 in the clip, 1 outside
+    assert (
+        out["indices"] == [12, 17, 55] and len(out["token_budget"]) == 3
+    )  # hybrid: 2 in the clip, 1 outside
     assert main(["sample", "--clips", "[oops]", "--num-frames", "100", "--fps", "10", "--k", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fallback"] and "unparseable clips" in out["fallback_reason"] and out["indices"] == [25, 75]
@@ -144,12 +172,33 @@ def test_kframes_sample_bad_input_is_one_line_and_exit_2(capsys) -> None:
     assert "k must be a positive integer" in capsys.readouterr().err
 
 
-def test_kframes_select_one_video_with_sheet(tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys) -> None:
+def test_kframes_select_one_video_with_sheet(
+    tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys
+) -> None:
     from PIL import Image
 
     sheet, out = tmp_path / "sheet.png", tmp_path / "sel.json"
-    argv = ["select", "--model", str(tiny_model_dir), "--video", str(bikes), "--query", "when does the bike pass?"]
-    argv += ["--k", "6", "--num-candidates", "8", "--max-new-tokens", "8", "--sheet", str(sheet), "--out", str(out)]
+    argv = [
+        "select",
+        "--model",
+        str(tiny_model_dir),
+        "--video",
+        str(bikes),
+        "--query",
+        "when does the bike pass?",
+    ]
+    argv += [
+        "--k",
+        "6",
+        "--num-candidates",
+        "8",
+        "--max-new-tokens",
+        "8",
+        "--sheet",
+        str(sheet),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert len(res["indices"]) == 6 and len(res["timestamps_s"]) == 6 and "fallback" in res
@@ -157,18 +206,29 @@ def test_kframes_select_one_video_with_sheet(tiny_model_dir: Path, bikes: Path, 
     assert Image.open(sheet).size[0] > 0
 
 
-def test_kframes_select_batch_is_resumable(tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_kframes_select_batch_is_resumable(
+    tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     import pipeline.commands_select as cs
 
     batch = tmp_path / "batch.jsonl"
     lines = [
         {"id": "a", "video": str(bikes), "query": "when does the bike pass?"},
-        {"id": "b", "video": str(bikes), "query": "what colour is the car?", "options": ["red", "blue"], "k": 4, "mode": "set"},
+        {
+            "id": "b",
+            "video": str(bikes),
+            "query": "what colour is the car?",
+            "options": ["red", "blue"],
+            "k": 4,
+            "mode": "set",
+        },
     ]
     batch.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "out.jsonl"
     # a killed earlier run: record "a" complete, a torn line after it
-    (tmp_path / "out.jsonl.partial").write_text(json.dumps({"id": "a", "fallback": True, "indices": [1]}) + '\n{"id": "b", "ind')
+    (tmp_path / "out.jsonl.partial").write_text(
+        json.dumps({"id": "a", "fallback": True, "indices": [1]}) + '\n{"id": "b", "ind'
+    )
     calls = []
     real = cs._run_one
     monkeypatch.setattr(cs, "_run_one", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
@@ -186,7 +246,22 @@ def test_kframes_select_batch_is_resumable(tiny_model_dir: Path, bikes: Path, tm
 def test_kframes_select_bad_batch_names_the_line(tmp_path: Path, capsys) -> None:
     batch = tmp_path / "b.jsonl"
     batch.write_text('{"video": "v.mp4", "query": "q"}\n{"video": "v.mp4", "query": "q", "k": -1}\n')
-    assert main(["select", "--model", "tiny", "--batch", str(batch), "--out", str(tmp_path / "o.jsonl"), "--k", "8"]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--model",
+                "tiny",
+                "--batch",
+                str(batch),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--k",
+                "8",
+            ]
+        )
+        == 2
+    )
     assert f"{batch}:2: k must be a positive integer" in capsys.readouterr().err
     assert main(["select", "--model", "tiny", "--k", "8"]) == 2
     assert "need --video and --query" in capsys.readouterr().err

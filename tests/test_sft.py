@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from pipeline.config import SFTConfig
 from pipeline.contracts import KeyClip, TrainingExample
@@ -72,7 +73,8 @@ def task_files(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return files
 
 
-def _cfg(stage: str, out: Path, train_file: Path, *, init_from: Path | None = None, lora: bool = False, **train) -> SFTConfig:
+def _cfg(stage: str, out: Path, train_file: Path, *, init_from: Path | None = None, lora: bool = False,
+         eval_file: Path | None = None, **train) -> SFTConfig:
     defaults = {"learning_rate": 3e-3, "per_device_batch_size": 3, "max_steps": 4, "save_steps": 2, "logging_steps": 1,
                 "bf16": False, "gradient_checkpointing": False, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
     return SFTConfig.model_validate({
@@ -82,7 +84,7 @@ def _cfg(stage: str, out: Path, train_file: Path, *, init_from: Path | None = No
         "model": {"name_or_path": "tiny", "dtype": "float32", "attn_implementation": "sdpa"},
         "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
         "frames": {"num_candidates": T, "max_pixels": PIXELS, "min_pixels": PIXELS, "cache_size": 4},
-        "data": {"train_file": str(train_file)},
+        "data": {"train_file": str(train_file), "eval_file": str(eval_file) if eval_file else None},
         "train": {**defaults, **train},
     })
 
@@ -224,14 +226,11 @@ class _Killed(RuntimeError):
     pass
 
 
-def _kill_after_first_save():
-    from transformers import TrainerCallback
+class _KillAfterFirstSave(TrainerCallback):
+    """Stands in for a job killed right after its first checkpoint (runs after the completeness marker)."""
 
-    class KillAfterFirstSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            raise _Killed(f"killed after saving step {state.global_step}")
-
-    return KillAfterFirstSave()
+    def on_save(self, args, state, control, **kwargs):
+        raise _Killed(f"killed after saving step {state.global_step}")
 
 
 @pytest.mark.slow
@@ -243,7 +242,7 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(task_files, tmp_path
     out = tmp_path / "run"
     cfg = _cfg("sft2", out, task_files["sft2"], lora=lora, per_device_batch_size=1, max_steps=6, save_steps=2)
     with pytest.raises(_Killed):
-        train_stage("sft2", cfg, callbacks=[_kill_after_first_save()])
+        train_stage("sft2", cfg, callbacks=[_KillAfterFirstSave()])
     assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()  # marked before the kill
     assert not (out / "final").exists()
     # a save that was cut short: files present, marker absent; it must never be resumed from
@@ -276,6 +275,12 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(task_files, tmp_path
 
     # a finished stage with the same recipe and data is not trained again
     assert train_stage("sft2", cfg) == final and read_manifest(final).finished_at == resumed.finished_at
+    # --no-resume starts over: earlier checkpoints (even complete ones) are not resumed from
+    stale = out / "checkpoint-100"
+    stale.mkdir()
+    (stale / COMPLETE_MARKER).write_text("{}")
+    restarted = read_manifest(train_stage("sft2", cfg, resume=False))
+    assert restarted.resumed_from is None and restarted.global_step == 6 and not stale.exists()
 
 
 def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):
@@ -297,35 +302,54 @@ def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 
 
+class _StartWeights(TrainerCallback):
+    """Keeps a copy of the model's weights when training begins."""
+
+    state: dict[str, torch.Tensor] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 @pytest.mark.slow
 def test_sft1_to_sft2_handoff(task_files, tmp_path, tiny_model_dir):
     from stages.common import read_manifest, resolve_model_path, train_stage
+    from stages.modeling import load_pretrained
 
     sft1_out, sft2_out = tmp_path / "sft1", tmp_path / "sft2"
     sft2_cfg = _cfg("sft2", sft2_out, task_files["sft2"], init_from=sft1_out, max_steps=2, save_steps=2)
     with pytest.raises(ConfigError, match="run the previous stage first"):
         train_stage("sft2", sft2_cfg)
 
-    sft1_final = train_stage("sft1", _cfg("sft1", sft1_out, task_files["sft1"], lora=True, max_steps=3))
+    sft1_cfg = _cfg("sft1", sft1_out, task_files["sft1"], lora=True, eval_file=task_files["sft1"], max_steps=3)
+    sft1_final = train_stage("sft1", sft1_cfg)
     m1 = read_manifest(sft1_out)
     assert m1.lora == "merged" and not (sft1_final / "adapter_config.json").exists()
+    assert m1.metrics["eval_loss"] > 0 and m1.data_files == {"train": str(task_files["sft1"]),
+                                                             "eval": str(task_files["sft1"])}
     base, tuned = _state(tiny_model_dir), _state(sft1_final)
     assert base.keys() == tuned.keys()  # a plain model: the adapter is merged away
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
-    assert any("language_model" in k and "proj" in k for k in changed)  # LoRA merged into the LLM
-    assert any("merger" in k for k in changed)  # projector trained
-    assert not any(k.startswith("model.visual.blocks") or "patch_embed" in k for k in changed)  # vision frozen
+    # (saved with the hub's key names: `model.layers.*` is the LLM, `visual.*` the vision tower)
+    assert any(k.startswith("model.layers.") and "proj" in k for k in changed)  # LoRA merged into the LLM
+    assert any(k.startswith("visual.merger.") for k in changed)  # projector trained
+    assert not any(k.startswith(("visual.blocks.", "visual.patch_embed.")) for k in changed)  # vision frozen
 
     assert resolve_model_path("tiny", str(sft1_out)) == str(sft1_final)
-    sft2_final = train_stage("sft2", sft2_cfg)
+    start = _StartWeights()
+    sft2_final = train_stage("sft2", sft2_cfg, callbacks=[start])
     m2 = read_manifest(sft2_final)
     assert m2.started_from == str(sft1_final) and m2.init_from == str(sft1_out)
     assert m2.base_model == "tiny" and m2.global_step == 2
-    # SFT2 trained from SFT1's weights: its frozen vision tower is SFT1's (= the base's), its LLM moved on
+    # the weights SFT2's first step saw are SFT1's final weights, not the base model's
+    sft1_model = load_pretrained(str(sft1_final)).state_dict()
+    assert start.state.keys() == sft1_model.keys()
+    for key, value in sft1_model.items():
+        assert torch.equal(start.state[key], value), key
+    # SFT2 then trained: the frozen vision tower is still SFT1's, the LLM moved on
     sft2_state = _state(sft2_final)
-    assert torch.equal(sft2_state["model.visual.blocks.0.attn.qkv.weight"], tuned["model.visual.blocks.0.attn.qkv.weight"])
-    assert not torch.equal(sft2_state["model.language_model.layers.0.mlp.up_proj.weight"],
-                           tuned["model.language_model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(sft2_state["visual.blocks.0.attn.qkv.weight"], tuned["visual.blocks.0.attn.qkv.weight"])
+    assert not torch.equal(sft2_state["model.layers.0.mlp.up_proj.weight"], tuned["model.layers.0.mlp.up_proj.weight"])
 
 
 # ------------------------------------------------------------------------------------------------------------

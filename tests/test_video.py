@@ -271,3 +271,15 @@ def test_index_past_the_end(two_scenes: dict[str, Path]) -> None:
             next(reader.iter_batches([0, 1, 100], batch_size=2))  # checked before anything is decoded
     with pytest.raises(VideoError, match="past the end"):
         FrameCache().images(two_scenes[".avi"], [100])
+
+
+def test_reported_size_matches_decoded_frames(shared_data: Path) -> None:
+    """VideoInfo's size comes from the container (no decoding); it must be what the decoder hands out."""
+    for path in sorted((shared_data / "videos").glob("*.m*")):
+        info = read_video_info(path)
+        with VideoReader(path) as reader:
+            assert reader.get_frames([0]).shape == (1, info.height, info.width, 3), path.name
+        with VideoReader(path, width=96) as reader:
+            w, h = reader.frame_size
+            assert reader.get_frames([0]).shape == (1, h, w, 3) and w == 96, path.name
+            assert abs(h / w - info.height / info.width) < 0.05, path.name  # aspect kept

@@ -1,0 +1,214 @@
+"""data_builder.scenes and `kframes scenes`: accuracy on real videos with known cuts, post-processing, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_builder.scenes import detect_scenes, frame_signals, hard_cuts, scenes_from_signals, segment_video
+from data_builder.synthetic import COLORS, SyntheticScene, make_sample_videos, write_scene_video
+from data_builder.video import VideoReader
+from pipeline.cli import main
+from pipeline.config import ScenesSection
+from pipeline.contracts import VideoScenes
+
+
+def _truth(shared: Path) -> dict:
+    return json.loads((shared / "ground_truth.json").read_text())
+
+
+def _covers(scenes: list, num_frames: int) -> None:
+    """Scenes tile the video: contiguous, in order, first frame to last."""
+    assert scenes[0].start_frame == 0 and scenes[-1].end_frame == num_frames
+    for a, b in zip(scenes, scenes[1:], strict=False):
+        assert a.end_frame == b.start_frame and a.end_s == b.start_s
+    assert [s.index for s in scenes] == list(range(len(scenes)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Accuracy on real videos, with the defaults
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_bikes_cuts_within_one_frame(shared_data: Path) -> None:
+    truth = _truth(shared_data)["videos/bikes.mp4"]["cuts"]
+    scenes = detect_scenes(shared_data / "videos" / "bikes.mp4")
+    _covers(scenes, 250)
+    found = [s.start_frame for s in scenes[1:]]
+    assert len(found) == len(truth)
+    assert all(abs(f - t) <= 1 for f, t in zip(found, truth, strict=True)), found
+    assert all(s.boundary == "cut" for s in scenes[1:])
+
+
+def test_goldeneye_vfr_cut_times_within_a_tenth_of_a_second(shared_data: Path) -> None:
+    truth = _truth(shared_data)["videos/goldeneye-vfr-drop3.mp4"]["cut_times_s"]
+    result = segment_video(shared_data / "videos" / "goldeneye-vfr-drop3.mp4")
+    cuts = [s for s in result.scenes[1:] if s.boundary == "cut"]
+    assert [s.start_s for s in cuts] == [pytest.approx(t, abs=0.1) for t in truth]
+    # Scene times are the frames' presentation times, not frame / fps (which is seconds off on this file).
+    with VideoReader(shared_data / "videos" / "goldeneye-vfr-drop3.mp4") as reader:
+        assert [s.start_s for s in result.scenes] == [pytest.approx(reader.timestamps_s[s.start_frame]) for s in result.scenes]
+    assert result.scenes[-1].end_s == pytest.approx(result.video.duration_s)
+
+
+@pytest.mark.parametrize("name", ["bigbuckbunny.mp4", "fades.mp4"])
+def test_no_hard_cut_on_one_shot_and_fades(shared_data: Path, name: str) -> None:
+    scenes = detect_scenes(shared_data / "videos" / name)
+    assert [s.start_frame for s in scenes if s.boundary == "cut"] == []
+
+
+def test_fades_become_gradual_boundaries_at_the_black(shared_data: Path) -> None:
+    scenes = detect_scenes(shared_data / "videos" / "fades.mp4")
+    tool = _truth(shared_data)["videos/fades.mp4"]["fades_to_black_tool"]  # ThresholdDetector's fade points
+    assert [s.boundary for s in scenes[1:]] == ["gradual"] * len(tool)
+    assert all(abs(s.start_frame - t) <= 3 for s, t in zip(scenes[1:], tool, strict=True))
+    # With fade handling off, flat-colour fades are still not cuts (the adaptive check), but nothing marks them.
+    assert detect_scenes(shared_data / "videos" / "fades.mp4", ScenesSection(gradual="none"))[1:] == []
+
+
+def test_testvideo_cuts_versus_fades(shared_data: Path) -> None:
+    """Two hard cuts (30, 180) stay cuts; the fades through black (211, 332-394, 665-691) are gradual, not cuts."""
+    scenes = detect_scenes(shared_data / "videos" / "testvideo.mp4")
+    cuts = [s.start_frame for s in scenes if s.boundary == "cut"]
+    gradual = [s.start_frame for s in scenes if s.boundary == "gradual"]
+    assert cuts == [30, 180]
+    assert len(gradual) == 3
+    assert 205 <= gradual[0] <= 230 and 332 <= gradual[1] <= 410 and 665 <= gradual[2] <= 700
+
+
+def test_rotated_video_cuts(shared_data: Path) -> None:
+    scenes = detect_scenes(shared_data / "videos" / "issue-134-rotate.mp4")
+    assert [s.start_frame for s in scenes[1:]] == _truth(shared_data)["videos/issue-134-rotate.mp4"]["cuts_tool"]
+
+
+def test_candidates_are_exactly_scenedetects_histogram_detector(shared_data: Path) -> None:
+    """Step 1 is HistogramDetector itself: same frames in, same cut candidates out."""
+    from scenedetect import FrameTimecode
+    from scenedetect.detectors import HistogramDetector
+
+    cfg = ScenesSection(adaptive_ratio=None, gradual="none", threshold=0.05)
+    with VideoReader(shared_data / "videos" / "bikes.mp4", width=cfg.downscale_width) as reader:
+        frames = reader.get_frames(range(reader.info.num_frames))
+    detector = HistogramDetector(threshold=cfg.threshold, bins=cfg.bins, min_scene_len=1)
+    theirs = []
+    for i, frame in enumerate(frames):
+        theirs += [tc.frame_num for tc in detector.process_frame(FrameTimecode(i, 25.0), np.ascontiguousarray(frame[..., ::-1]))]
+    ours = [b.frame for b in hard_cuts(frame_signals([frames[:100], frames[100:]], cfg), cfg)]
+    assert ours == theirs and len(ours) > 5  # at this low threshold, motion frames are candidates too
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic videos: exact cuts, post-processing
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".avi"])
+def test_synthetic_cuts_are_found_exactly(tmp_path: Path, ext: str) -> None:
+    for video in make_sample_videos(tmp_path, 2, seed=11, ext=ext):
+        scenes = detect_scenes(video.path)
+        _covers(scenes, video.num_frames)
+        assert [s.start_frame for s in scenes[1:]] == video.cut_frames
+        assert [(s.start_frame, s.end_frame) for s in scenes] == [(s.start_frame, s.end_frame) for s in video.true_scenes()]
+
+
+def _scene(color: str, shape: str, seconds: float) -> SyntheticScene:
+    return SyntheticScene(f"{shape} on {color}", COLORS[color], shape, seconds)
+
+
+def test_short_scene_is_merged_and_long_scene_split(tmp_path: Path) -> None:
+    path = tmp_path / "flash.mp4"
+    # 3 s red, a 0.2 s green flash, 9 s blue (10 fps)
+    assert write_scene_video(path, [_scene("red", "circle", 3), _scene("green", "star", 0.2), _scene("blue", "square", 9)]) == [30, 32]
+    assert [s.start_frame for s in detect_scenes(path, ScenesSection(min_scene_len_s=0))[1:]] == [30, 32]
+    merged = detect_scenes(path, ScenesSection(min_scene_len_s=0.5))
+    assert len(merged) == 2 and merged[1].start_frame in (30, 32) and merged[1].boundary == "cut"
+    split = detect_scenes(path, ScenesSection(min_scene_len_s=0.5, max_scene_len_s=4.0))
+    _covers(split, 122)
+    assert [s.boundary for s in split] == ["start", "cut", "split", "split"]
+    lengths = [s.end_s - s.start_s for s in split[1:]]
+    assert max(lengths) <= 4.0 and max(lengths) - min(lengths) <= 0.1 + 1e-9  # equal parts, to a frame
+
+
+def test_dissolve_is_one_gradual_boundary_only_when_asked() -> None:
+    rng = np.random.default_rng(0)
+    a = np.full((30, 90, 160, 3), COLORS["red"], np.float64)
+    b = np.full((30, 90, 160, 3), COLORS["blue"], np.float64)
+    mix = np.stack([a[0] * (1 - t) + b[0] * t for t in np.linspace(0, 1, 12)[1:-1]])
+    frames = np.clip(np.concatenate([a, mix, b]) + rng.integers(-6, 7, (70, 90, 160, 3)), 0, 255).astype(np.uint8)
+    times = np.arange(70) / 10.0
+
+    def boundaries(gradual: str) -> list[tuple[int, str | None]]:
+        cfg = ScenesSection(gradual=gradual)
+        sig = frame_signals([frames[:25], frames[25:]], cfg)
+        return [(s.start_frame, s.boundary) for s in scenes_from_signals(sig, times, 7.0, cfg)[1:]]
+
+    assert boundaries("dissolve") == [(35, "gradual")]  # the middle of the 10-frame dissolve (30..40)
+    assert boundaries("fade+dissolve") == [(35, "gradual")]
+    assert boundaries("none") == [(30, "cut")]  # without it, the dissolve's abrupt first frame reads as a cut
+
+
+# ---------------------------------------------------------------------------------------------------
+# `kframes scenes`
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> list:
+    return make_sample_videos(tmp_path_factory.mktemp("videos"), 3, seed=5, min_scenes=2, max_scenes=3)
+
+
+def test_cli_json_lines(videos: list, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenes", str(videos[0].path), str(videos[1].path), "--json", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [VideoScenes.model_validate_json(line) for line in lines]
+    assert [r.video.video_id for r in records] == ["sample_000", "sample_001"]
+    assert [s.start_frame for s in records[0].scenes[1:]] == videos[0].cut_frames
+
+
+def test_cli_folder_out_resume_and_failures(videos: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = videos[0].path.parent
+    out = tmp_path / "scenes.jsonl"
+    argv = ["scenes", str(folder), "--out", str(out), "--workers", "2", "--no-progress"]
+    assert main(argv) == 0
+    first = out.read_text().splitlines()
+    assert len(first) == 3 and not (tmp_path / "scenes.jsonl.partial").exists()
+
+    # A killed run left a partial file with one finished video and a torn line: both are handled on resume.
+    out.write_text(first[0] + "\n")
+    (tmp_path / "scenes.jsonl.partial").write_text(first[1] + "\n" + first[2][:40])
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video")
+    capsys.readouterr()
+    assert main(["scenes", str(folder), str(bad), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 4 videos already in" in err  # the finished one and the one in the partial file
+    assert f"failed: {bad}: cannot be read as a video" in err and "1 of 4 videos failed" in err
+    assert sorted(out.read_text().splitlines()) == sorted(first)  # the good ones are all there, once each
+    assert not (tmp_path / "scenes.jsonl.partial").exists()
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capfd: pytest.CaptureFixture[str], videos: list) -> None:
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("hello")
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"something": "else"}\n')
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    cases = [
+        (["scenes", str(tmp_path / "missing.mp4")], "missing.mp4: no such file or folder"),
+        (["scenes", str(bad)], "notes.mp4: cannot be read as a video"),
+        (["scenes", str(empty)], "folder has no video files"),
+        (["scenes", str(videos[0].path), "--set", "scenes.threshold=2"], "scenes.threshold"),
+        (["scenes", str(videos[0].path), "--set", "scenes.nope=1"], "scenes.nope: unknown key"),
+        (["scenes", str(videos[0].path), "--workers", "0"], "--workers must be at least 1"),
+        (["scenes", str(videos[0].path), "--out", str(other)], "refusing to overwrite"),
+    ]
+    for argv, expected in cases:
+        capfd.readouterr()
+        assert main([*argv, "--no-progress"]) == 2, argv
+        err = capfd.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("kframes scenes: error:") and expected in err, (argv, err)
+    assert other.read_text() == '{"something": "else"}\n'
