@@ -1,12 +1,15 @@
 """Scene segmentation by histogram differences (the paper's method), with post-processing for captioning.
 
-Pipeline, one pass over the video at reduced size (`ScenesSection.downscale_width`, decoded by decord's scaler,
-never at full size):
+Pipeline, one pass over every frame of the video at reduced size (`ScenesSection.downscale_width`). By default the
+pass is `data_builder.video.iter_luma_batches` (PyAV): the decoder's own luma plane, deblocking skipped, no RGB
+conversion; about 2x scenedetect's throughput (README "## Scenes"). `decoder: decord` reads RGB frames from the
+random-access reader instead (the reference; the tests check both give the same scenes). Frame indices and times
+always come from the reader (decord's index), and the fast pass falls back to decord if it sees other frames.
 
 1. **Histogram difference.** For every frame, scenedetect's own `HistogramDetector.calculate_histogram` (luma
-   histogram, `bins`) and the detector's metric `d = 1 - correlation(previous, current)`. A frame with
-   `d >= threshold` is a cut candidate: exactly `HistogramDetector(threshold, bins, min_scene_len=1)`'s cuts (a
-   test checks this). We keep the whole curve `d` instead of the detector's yes/no, because steps 2-3 need it.
+   histogram, `bins`; `luma_histogram` is the same function after its BGR -> YUV step, for luma frames) and the
+   detector's metric `d = 1 - correlation(previous, current)`. A frame with `d >= threshold` is a cut candidate:
+   exactly `HistogramDetector(threshold, bins, min_scene_len=1)`'s cuts (a test checks this). We keep the whole curve `d` instead of the detector's yes/no, because steps 2-3 need it.
 2. **Adaptive check** (as in scenedetect's AdaptiveDetector): a candidate must also be `adaptive_ratio` times the
    mean `d` of its `adaptive_window` neighbours on each side. Sustained change (camera motion, flat-colour fades,
    dissolves) has a high `d` on many consecutive frames and is not a cut; a real cut is an isolated spike.
@@ -26,9 +29,10 @@ never at full size):
 
 Times come from the reader's presentation timestamps, so scene times are right on variable-frame-rate video.
 Why these defaults (bench numbers in README "## Scenes"): threshold 0.15 sits between the weakest true cut of the
-test videos (0.25, bikes) and the strongest motion-only frame (0.11); ratio 3 and window 2 are AdaptiveDetector's;
-luma 16 is ThresholdDetector's black level (12) plus margin for compression noise; 0.3 s keeps every real shot of
-the test videos (the shortest, bikes' last, is 0.32 s) while dropping flash frames and black gaps of a few frames.
+test videos (bikes: 0.25 on decord's RGB frames, 0.22 on the luma pass) and the strongest non-cut frame (0.11;
+0.13); ratio 3 and window 2 are AdaptiveDetector's; luma 16 is ThresholdDetector's black level (12) plus margin
+for compression noise; 0.3 s keeps every real shot of the test videos (the shortest, bikes' last, is 0.32 s) while
+dropping flash frames and black gaps of a few frames.
 """
 
 from __future__ import annotations
@@ -65,19 +69,30 @@ class FrameSignals:
     dissolves: list[tuple[int, int, float]]  # (first, last, direct difference) of twin-comparison runs
 
 
-def _bgr(frames_rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(frames_rgb[..., ::-1])
+def luma_histogram(luma: np.ndarray, bins: int) -> np.ndarray:
+    """HistogramDetector.calculate_histogram after its BGR -> YUV step: the L2-normalised histogram of a luma image.
+
+    The fast path hands luma straight from the decoder, so the colour conversion is skipped, not redone.
+    """
+    import cv2
+
+    hist = cv2.calcHist([luma], [0], None, [bins], [0, 256])
+    return cv2.normalize(hist, hist).flatten()
 
 
 def frame_signals(batches: Iterable[np.ndarray], cfg: ScenesSection) -> FrameSignals:
-    """One streaming pass over RGB frame batches: the histogram-difference curve and the luma curve.
+    """One streaming pass over frame batches: the histogram-difference curve and the luma curve.
 
+    Batches are RGB `[B, H, W, 3]` (histograms by scenedetect's own `HistogramDetector.calculate_histogram`) or
+    luma `[B, H, W]`, full range, as `data_builder.video.iter_luma_batches` decodes them (`luma_histogram`).
     Memory: one batch plus two histograms (and one more while a twin-comparison run is open).
     """
     import cv2
     from scenedetect.detectors import HistogramDetector
 
-    calc = HistogramDetector.calculate_histogram
+    def rgb_hist(frame: np.ndarray, bins: int) -> np.ndarray:
+        return HistogramDetector.calculate_histogram(np.ascontiguousarray(frame[..., ::-1]), bins=bins)
+
     diffs: list[float] = []
     lumas: list[float] = []
     dissolves: list[tuple[int, int, float]] = []
@@ -88,9 +103,9 @@ def frame_signals(batches: Iterable[np.ndarray], cfg: ScenesSection) -> FrameSig
     centres = (np.arange(cfg.bins, dtype=np.float32) + 0.5) * (256.0 / cfg.bins)  # luma at each bin's centre
     i = 0
     for batch in batches:
-        bgr = _bgr(batch)
-        for frame in bgr:
-            hist = calc(frame, bins=cfg.bins)
+        calc = rgb_hist if batch.ndim == 4 else luma_histogram
+        for frame in batch:
+            hist = calc(frame, cfg.bins)
             d = 0.0 if prev_hist is None else 1.0 - float(cv2.compareHist(prev_hist, hist, cv2.HISTCMP_CORREL))
             diffs.append(d)
             lumas.append(float(hist @ centres) / max(float(hist.sum()), 1e-12))  # mean luma, from the histogram
@@ -269,33 +284,58 @@ def scenes_from_signals(
     return scenes
 
 
+def _with_progress(batches: Iterable[np.ndarray], total: int, name: str, show: bool) -> Iterator[np.ndarray]:
+    if not show:
+        yield from batches
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=name, unit="frame", leave=False) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
+def _decord_signals(path: Path, cfg: ScenesSection, n: int, progress: bool) -> FrameSignals:
+    """The reference pass: RGB frames from decord's scaler (the random-access reader), scenedetect's histograms."""
+    from data_builder.video import VideoReader
+
+    with VideoReader(path, width=cfg.downscale_width, num_threads=cfg.num_threads) as reader:
+        frames = (f for _, f in reader.iter_batches(range(n), cfg.batch_size))
+        return frame_signals(_with_progress(frames, n, path.name, progress), cfg)
+
+
 def segment_video(
     path: str | os.PathLike[str], cfg: ScenesSection | None = None, *, progress: bool = False
 ) -> VideoScenes:
-    """Decode `path` once at `downscale_width` and segment it: the video's info and its scenes."""
-    from data_builder.video import VideoReader
+    """Decode `path` once at `downscale_width` and segment it: the video's info and its scenes.
+
+    Frame count and presentation times come from `VideoReader` (decord's index, no decoding), so scene frames and
+    times are the ones every other stage reads. Frames are decoded by `cfg.decoder`: `pyav` (default) is the
+    sequential luma-only pass of `iter_luma_batches`; if it cannot read the file, or sees a different number of
+    frames than the index, the pass is redone with `decord` so that frame i is always the reader's frame i.
+    """
+    from data_builder.video import AnalysisDecodeError, VideoReader, iter_luma_batches
 
     cfg = cfg or ScenesSection()
-    with VideoReader(path, width=cfg.downscale_width, num_threads=cfg.num_threads) as reader:
+    p = Path(path)
+    with VideoReader(p, num_threads=cfg.num_threads) as reader:  # opens the index only: nothing is decoded
         info: VideoInfo = reader.info
-        n = info.num_frames
-
-        def batches() -> Iterator[np.ndarray]:
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=n, desc=Path(path).name, unit="frame", leave=False)
-            for chunk, frames in reader.iter_batches(range(n), cfg.batch_size):
-                yield frames
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-
-        sig = frame_signals(batches(), cfg)
-        scenes = scenes_from_signals(sig, reader.timestamps_s, info.duration_s, cfg)
-    return VideoScenes(video=info, scenes=scenes)
+        times = reader.timestamps_s
+    n = info.num_frames
+    sig = None
+    if cfg.decoder == "pyav":
+        try:
+            lumas = iter_luma_batches(p, cfg.downscale_width, cfg.batch_size, num_threads=cfg.num_threads,
+                                      skip_loop_filter=cfg.skip_loop_filter)
+            sig = frame_signals(_with_progress(lumas, n, p.name, progress), cfg)
+        except AnalysisDecodeError:
+            sig = None
+        if sig is not None and len(sig.diff) != n:
+            sig = None
+    if sig is None:
+        sig = _decord_signals(p, cfg, n, progress)
+    return VideoScenes(video=info, scenes=scenes_from_signals(sig, times, info.duration_s, cfg))
 
 
 def detect_scenes(path: str | os.PathLike[str], cfg: ScenesSection | None = None) -> list[Scene]:

@@ -10,6 +10,9 @@ video through this module, so three things are decided once, here:
 - **Size.** Frames can be resized by the decoder itself (`width=` or `max_pixels=`), which is much cheaper
   than decoding at full resolution and resizing afterwards.
 
+Scene detection alone reads every frame once, in order, and needs only luma: `iter_luma_batches` is a separate
+sequential decoder for it (PyAV, luma plane only, cheaper decoding); everything else reads through `VideoReader`.
+
 Rotation: decord (>= 0.6) applies the stream's rotation side-data when decoding, so frames come out upright and
 `VideoInfo.width/height` are the displayed (rotated) size; `VideoInfo.rotation` records the rotation (degrees)
 that was applied, read with OpenCV.
@@ -356,6 +359,110 @@ def sample_candidates(path: str | os.PathLike[str], num_candidates: int) -> tupl
     starts, _ = _frame_times(vr, p)
     idx = uniform_indices(len(vr), num_candidates)
     return idx, [float(starts[i]) for i in idx]
+
+
+# -- sequential analysis decoding (scene detection) ---------------------------------------------------------------
+
+# 8-bit pixel formats whose first plane is the luma (Y) plane, as the decoder wrote it.
+_LUMA_PLANE_FORMATS = frozenset(
+    {"yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuv411p", "yuv410p", "nv12", "nv21", "nv16", "nv24",
+     "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "yuvj411p", "gray"}
+)
+# Limited-range luma (16-235) to full range (0-255): what the Y of `cv2.COLOR_BGR2YUV` recovers from the decoder's
+# RGB output (the chroma terms of the BT.601 matrix cancel in 0.299 R + 0.587 G + 0.114 B, leaving 255/219 (Y - 16)).
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
+class AnalysisDecodeError(Exception):
+    """The fast analysis decoder could not read a file that the decord reader may still read (callers fall back)."""
+
+
+def _luma_plane(frame: Any, reformatter: Any) -> tuple[np.ndarray, bool]:
+    """(luma image at full size, whether it is limited range) of a PyAV frame, without any colour conversion."""
+    name = frame.format.name
+    if name in _LUMA_PLANE_FORMATS:
+        plane = frame.planes[0]
+        y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[: frame.height, : frame.width]
+        full = name.startswith("yuvj") or name == "gray" or int(frame.color_range or 0) == 2  # AVCOL_RANGE_JPEG
+        return y, not full
+    # Anything else (RGB, 10-bit, paletted): swscale's gray output is full-range luma.
+    gray = reformatter.reformat(frame, format="gray").to_ndarray()
+    return gray, False
+
+
+def _shrink(y: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """`y` at (out_w, out_h), each output pixel the mean of 2x2 bilinear samples (about 16 source pixels).
+
+    Bilinear sampling at twice the size, then an exact 2x2 mean (cv2's INTER_LINEAR at exactly half size). It reads
+    only the rows it samples, so it costs a fraction of an INTER_AREA over the whole frame (a full box filter), with
+    the same difference curves and the same scenes on the test videos (scenedetect itself downscales with plain
+    INTER_LINEAR sampling).
+    """
+    import cv2
+
+    h, w = y.shape
+    if w < 4 * out_w or h < 4 * out_h:  # small already: a true area mean is cheap
+        return cv2.resize(y, (out_w, out_h), interpolation=cv2.INTER_AREA) if (w, h) != (out_w, out_h) else y
+    y = cv2.resize(y, (2 * out_w, 2 * out_h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(y, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+
+
+def iter_luma_batches(
+    path: str | os.PathLike[str],
+    width: int,
+    batch_size: int,
+    *,
+    num_threads: int = 0,
+    skip_loop_filter: bool = True,
+) -> Iterator[np.ndarray]:
+    """Every frame's luma (uint8 `[B, H, W]`, full range 0-255, `width` wide), in presentation order, in batches.
+
+    The scene segmenter's decoder: one sequential pass with PyAV (FFmpeg), about 1.5x the throughput of decord's RGB
+    frames at the same width on the test videos, and as fast as decoding alone (README "## Scenes"), because it
+    - reads the decoder's own Y plane: no YUV -> RGB conversion, and the chroma planes are never touched;
+    - shrinks that plane by local averaging to `width` (`_shrink`; a luma histogram needs no more);
+    - lets FFmpeg decode with frame/slice threads (`num_threads`, 0: as many as CPUs);
+    - with `skip_loop_filter`, skips H.264/HEVC's in-loop deblocking filter, the costliest optional stage. The filter
+      smooths block edges by a few levels; it moves pixels between neighbouring histogram bins but not the histogram's
+      shape, and every frame is still decoded, so cuts are found on the exact frame (the tests check both).
+    Rotation metadata is ignored: a histogram does not depend on orientation. Frames are not seekable here; for
+    random access use `VideoReader` (decord). Raises `AnalysisDecodeError` if FFmpeg cannot read the file.
+    """
+    import cv2
+
+    try:
+        import av
+        from av.video.reformatter import VideoReformatter
+    except ImportError as exc:  # pragma: no cover - av is a dependency; keep a clear message if it is missing
+        raise AnalysisDecodeError(f"{path}: PyAV is not installed ({exc})") from None
+
+    batch: list[np.ndarray] = []
+    size: tuple[int, int] | None = None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise AnalysisDecodeError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = num_threads
+            if skip_loop_filter:
+                stream.codec_context.options = {"skip_loop_filter": "all"}
+            reformatter = VideoReformatter()
+            for frame in container.decode(stream):
+                y, limited = _luma_plane(frame, reformatter)
+                if size is None:
+                    size = target_size(y.shape[1], y.shape[0], out_width=width)
+                y = _shrink(y, *size)
+                if limited:
+                    y = cv2.LUT(y, _LIMITED_TO_FULL)
+                batch.append(y)
+                if len(batch) == batch_size:
+                    yield np.stack(batch)
+                    batch = []
+    except av.error.FFmpegError as exc:
+        raise AnalysisDecodeError(f"{path}: {exc}") from None
+    if batch:
+        yield np.stack(batch)
 
 
 class FrameCache:

@@ -16,7 +16,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_status(plan))
         return 0
 
-    def show(outcome) -> None:  # noqa: ANN001 - StageOutcome
+    def show(outcome) -> None:
         print(f"[kframes run] {outcome.describe()}", file=sys.stderr, flush=True)
 
     run_pipeline(plan, from_stage=args.from_stage, only=args.only, force=args.force, on_outcome=show)
@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the curriculum data -> sft1 -> sft2 -> grpo -> select -> eval, skipping finished stages",
         description="Run the pipeline described by a pipeline config (configs/pipeline/*.yaml). A stage whose "
         "record matches its config and inputs is skipped; an interrupted one resumes; a changed one starts over, "
-        "and so does everything after it.",
+        "and so does everything after it. --set KEY=VALUE changes the pipeline file (output_dir=runs/x); "
+        "--set STAGE:KEY=VALUE changes one stage's recipe (sft1:train.max_steps=10).",
     )
     add_config_args(p)
     p.add_argument("--from", dest="from_stage", choices=STAGES, help="begin at this stage (earlier ones must be done)")

@@ -123,7 +123,13 @@ class ScenesSection(Section):
     )
     dissolve_min_frames: int = Field(4, gt=1, description="twin comparison: shortest dissolve (frames)")
     batch_size: int = Field(64, gt=0, description="frames decoded per batch (bounds memory)")
-    num_threads: int = Field(0, ge=0, description="decord decoding threads (0: auto)")
+    num_threads: int = Field(0, ge=0, description="decoding threads (0: auto)")
+    decoder: Literal["pyav", "decord"] = Field(
+        "pyav", description="pyav: sequential luma-only pass (fast); decord: RGB frames from the random-access reader"
+    )
+    skip_loop_filter: bool = Field(
+        True, description="pyav: skip the H.264/HEVC deblocking filter (cheaper decode; histograms barely change)"
+    )
 
 
 class LLMSection(Section):

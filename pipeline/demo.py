@@ -69,7 +69,7 @@ def hit_rates(selections: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     n = len(rows)
-    mean = lambda key: (sum(float(r[key]) for r in rows) / n) if n else None  # noqa: E731
+    mean = lambda key: (sum(float(r[key]) for r in rows) / n) if n else None
     return {
         "questions": n,
         "selector_frame_hit_rate": mean("selector_frac"),
@@ -118,11 +118,13 @@ def render_report(plan: Any, hits: dict[str, Any], sheets: list[Path], total_s: 
     lines = [
         "# kframes demo",
         "",
-        f"The whole K-frames pipeline ran on {plan.pipe.samples.train_videos} generated training videos and "
-        f"{plan.pipe.samples.heldout_videos} held-out ones, with a tiny Qwen2.5-VL built locally (random weights, "
-        "no downloads). Every number below measures the machinery, not K-frames: a random model trained for "
-        "seconds has not learned to find scenes. With a real selector (configs/pipeline/qwen2_5_vl_3b.yaml) the "
-        "same report is what to look at.",
+        (
+            f"The whole K-frames pipeline ran on {plan.pipe.samples.train_videos} generated training videos and "
+            f"{plan.pipe.samples.heldout_videos} held-out ones, with a tiny Qwen2.5-VL built locally (random "
+            "weights, no downloads). Every number below measures the machinery, not K-frames: a random model "
+            "trained for seconds has not learned to find scenes. With a real selector "
+            "(configs/pipeline/qwen2_5_vl_3b.yaml) the same report is what to look at."
+        ),
         "",
         "## Stages",
         "",
@@ -144,9 +146,11 @@ def render_report(plan: Any, hits: dict[str, Any], sheets: list[Path], total_s: 
         "",
         f"## Held-out queries: selector vs. uniform (k = {plan.pipe.select.k})",
         "",
-        "Frame hit rate: share of the chosen frames inside the scene that answers the query. Scene recall: share of "
-        "queries whose answer scene got at least one frame. Fallback: the selector's output had no valid clip, "
-        "so the sampler used uniform frames.",
+        (
+            "Frame hit rate: share of the chosen frames inside the scene that answers the query. Scene recall: "
+            "share of queries whose answer scene got at least one frame. Fallback: the selector's output had no "
+            "valid clip, so the sampler used uniform frames."
+        ),
         "",
         "| frames from | frame hit rate | scene recall |",
         "|---|---:|---:|",
@@ -171,24 +175,28 @@ def render_report(plan: Any, hits: dict[str, Any], sheets: list[Path], total_s: 
             lines += [f"![{p.stem}]({rel})", ""]
     eval_report = plan.stage_dir("eval") / "report.md"
     if eval_report.is_file():
-        lines += ["## Evaluation (downstream accuracy, tiny model)", "", f"See [{eval_report.relative_to(out)}]"
-                  f"({eval_report.relative_to(out)}).", ""]
+        rel = eval_report.relative_to(out)
+        lines += ["## Evaluation (downstream accuracy, tiny model)", "", f"See [{rel}]({rel}).", ""]
     return "\n".join(lines) + "\n"
 
 
-def run_demo(out: str | Path = "demo_out", *, config: str = DEFAULT_CONFIG, force: bool = False) -> Path:
-    """Run the demo pipeline into `out` and write `out/report.md`; returns the report's path."""
+def run_demo(
+    out: str | Path = "demo_out", *, config: str = DEFAULT_CONFIG, force: bool = False, overrides: Sequence[str] = ()
+) -> Path:
+    """Run the demo pipeline into `out` and write `out/report.md`; returns the report's path.
+
+    `overrides` are `kframes run --set` items (`sft2:train.max_steps=8`), applied after `output_dir=out`."""
     from pipeline.orchestrate import load_pipeline, run_pipeline
     from pipeline.select_stage import SELECTIONS_FILE
 
     t0 = time.perf_counter()
-    plan = load_pipeline(config, [f"output_dir={out}"])
+    plan = load_pipeline(config, [f"output_dir={out}", *overrides])
     if plan.pipe.samples is None:
         from pipeline.errors import ConfigError
 
         raise ConfigError(f"{config}: the demo needs a `samples` section (it scores frames against known scenes)")
 
-    def show(outcome) -> None:  # noqa: ANN001 - StageOutcome
+    def show(outcome) -> None:
         print(f"[kframes demo] {outcome.describe()}", flush=True)
 
     run_pipeline(plan, force=force, on_outcome=show)

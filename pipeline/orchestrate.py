@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -274,7 +275,7 @@ def load_pipeline(path: str, overrides: Sequence[str] | None = None) -> Plan:
     pipe = load_config(path, PipelineConfig, own)
     for stage, items in per_stage.items():
         if stage == "select":
-            raise ConfigError(f"--set select:...: the select stage is configured in the pipeline file (select.KEY=VALUE)")
+            raise ConfigError("--set select:...: the select stage is configured in the pipeline file (select.KEY=VALUE)")
         pipe.overrides[stage] = [*pipe.overrides.get(stage, []), *items]
     for stage in ("data", "sft1", "sft2", "grpo", "eval"):
         recipe = getattr(pipe.stages, stage)
@@ -412,16 +413,16 @@ def _run_eval(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     if fresh:
         _clear_dir(out)
     summary = evaluate(plan.configs["eval"])
-    short: dict[str, Any] = {}
-    for row in summary.get("rows", []) if isinstance(summary, dict) else []:
-        if isinstance(row, dict) and "selector" in row and "k" in row and "accuracy" in row:
-            short[f"accuracy/{row['selector']}/k{row['k']}"] = row["accuracy"]
+    short = {  # pipeline.evaluate.summarize: selectors -> k -> {accuracy, n, cost, ...}
+        f"accuracy/{sel}/k{k}": cell.get("accuracy")
+        for sel, by_k in (summary.get("selectors") or {}).items()
+        for k, cell in by_k.items()
+    }
     return {"summary": str(out / "summary.json"), "report": str(out / "report.md")}, short
 
 
 def _is_main_process() -> bool:
-    import os
-
+    """Rank 0 under `accelerate launch` (which sets RANK), or the only process."""
     return int(os.environ.get("RANK", "0")) == 0
 
 

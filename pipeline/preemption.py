@@ -83,13 +83,13 @@ class PreemptionCallback(TrainerCallback):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback signature
+    def on_step_end(self, args, state, control, **kwargs):
         if not self._stopping and self._requested_anywhere():
             self._stopping = True
             control.should_save = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_save(self, args, state, control, **kwargs):
         if not self._stopping:
             return control
         checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")

@@ -60,7 +60,7 @@ def load_profile(path: str, overrides: list[str] | None = None) -> SlurmProfile:
 def stage_resources(profile: SlurmProfile, stage: str) -> StageResources:
     """The profile's resources with the stage's own changes. Non-training stages use one node."""
     s = profile.stages.get(stage) or SlurmStageSection()
-    pick = lambda name: getattr(s, name) if getattr(s, name) is not None else getattr(profile, name)  # noqa: E731
+    pick = lambda name: getattr(s, name) if getattr(s, name) is not None else getattr(profile, name)
     nodes = pick("nodes") if stage in TRAIN_STAGES else (s.nodes or 1)
     return StageResources(
         nodes=nodes,
@@ -108,7 +108,7 @@ def render_script(
         raise ConfigError("reward.downstream.backend=vllm needs GPUs (gpus_per_node > 0)")
     logs = run_dir / "logs"
     state = run_dir / "state"
-    gres = lambda n: f"gpu:{profile.gpu_type}:{n}" if profile.gpu_type else f"gpu:{n}"  # noqa: E731
+    gres = lambda n: f"gpu:{profile.gpu_type}:{n}" if profile.gpu_type else f"gpu:{n}"
 
     sb: list[str] = [
         f"--job-name=kframes-{stage}",
@@ -159,8 +159,10 @@ def render_script(
         "",
         "# Time limit (USR1, --signal) or preemption (TERM): ask the trainer to checkpoint now, then requeue.",
         "PREEMPTED=0",
-        'on_signal() { echo "[kframes] $1: asking the trainer to save a checkpoint and stop"; PREEMPTED=1; '
-        'touch "$KFRAMES_PREEMPT_FILE"; }',
+        (
+            'on_signal() { echo "[kframes] $1: asking the trainer to save a checkpoint and stop"; PREEMPTED=1; '
+            'touch "$KFRAMES_PREEMPT_FILE"; }'
+        ),
         "trap 'on_signal USR1' USR1",
         "trap 'on_signal TERM' TERM",
         "# bash runs a trap only between commands, so steps run in the background and we `wait` for them;",
@@ -199,8 +201,11 @@ def render_script(
             f'VLLM_URL="http://$VLLM_NODE:{vllm.port}/v1"',
             f'{vllm_srun} --output={logs}/{stage}-vllm-%j.out bash -c {_q(serve)} &',
             "VLLM_PID=$!",
-            f'{py} -m pipeline.slurm wait-http "$VLLM_URL/models" --timeout {vllm.wait_timeout_s} --pid "$VLLM_PID" '
-            '|| { echo "[kframes] the vLLM server did not come up"; kill "$VLLM_PID" 2>/dev/null; exit 1; }',
+            (
+                f'{py} -m pipeline.slurm wait-http "$VLLM_URL/models" --timeout {vllm.wait_timeout_s} '
+                '--pid "$VLLM_PID" || { echo "[kframes] the vLLM server did not come up"; kill "$VLLM_PID" '
+                "2>/dev/null; exit 1; }"
+            ),
         ]
         run_cmd += ["--set", 'grpo:reward.downstream.url=$VLLM_URL']
 

@@ -32,6 +32,8 @@ def load_examples(path: str | os.PathLike[str], *, task_prefix: str, require_ans
     `require_answer`, end with the assistant's answer (the SFT target). The number of image placeholders must
     match the number of frames, or the processor fails later with a far less helpful message.
     """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such task file (the data stage writes it: `kframes data build --config ...`)")
     examples: list[TrainingExample] = read_jsonl_models(path, TrainingExample)
     if not examples:
         raise DataError(f"{path}: no examples")

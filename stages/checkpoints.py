@@ -12,7 +12,6 @@ that the Trainer's own checkpoint rotation never counts it either.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -130,11 +129,3 @@ def restore_weights_with_key_conversion(trainer) -> None:  # noqa: ANN001 - any 
         return None
 
     trainer._load_from_checkpoint = load
-
-
-def read_marker(path: str | os.PathLike[str]) -> dict | None:
-    p = Path(path) / COMPLETE_MARKER
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

@@ -97,6 +97,8 @@ def training_args_kwargs(cfg: Any) -> dict[str, Any]:
     Checkpoints keep the optimizer and RNG state (resume must continue the same run, not restart it), and columns
     are not pruned because our datasets build their rows on access (stages.batches).
     """
+    import torch
+
     t = cfg.train
     return {
         "output_dir": cfg.output_dir,
@@ -120,6 +122,7 @@ def training_args_kwargs(cfg: Any) -> dict[str, Any]:
         "bf16": t.bf16,
         "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         "dataloader_num_workers": t.dataloader_num_workers,
+        "dataloader_pin_memory": torch.cuda.is_available(),
         "report_to": list(t.report_to) or "none",
         "deepspeed": cfg.deepspeed,
         "remove_unused_columns": False,

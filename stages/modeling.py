@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -227,14 +229,32 @@ def load_model_and_processor(cfg: Any, *, model_path: str | None = None) -> tupl
     return model, processor
 
 
+@contextmanager
+def zero3_init_disabled() -> Iterator[None]:
+    """Load models in this process alone, even inside a ZeRO-3 run.
+
+    Under ZeRO-3 transformers builds every model inside `deepspeed.zero.Init`, which partitions parameters with
+    collective calls: a load on the main process only would wait forever for the other ranks.
+    """
+    import transformers.integrations.deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref  # what set_hf_deepspeed_config stored (a weak reference)
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
 def merge_adapter(adapter_dir: str, base_path: str, out_dir: str, *, dtype: str, attn_implementation: str) -> None:
     """Merge a saved LoRA adapter into a fresh copy of its base model and save the plain model to `out_dir`.
 
     Done from the saved adapter rather than the live training model, so it works the same under DDP and
-    ZeRO-2/3 (where the live weights are sharded across ranks).
+    ZeRO-2/3 (where the live weights are sharded across ranks). Runs on the main process only.
     """
     from peft import PeftModel
 
-    base = load_pretrained(base_path, dtype=dtype, attn_implementation=attn_implementation)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    with zero3_init_disabled():
+        base = load_pretrained(base_path, dtype=dtype, attn_implementation=attn_implementation)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)

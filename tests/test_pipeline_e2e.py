@@ -22,10 +22,9 @@ from pipeline.orchestrate import load_pipeline, run_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/pipeline/tiny.yaml")
 
-pytestmark = pytest.mark.slow
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 900) -> None:  # noqa: ANN001
+def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 900) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -39,18 +38,20 @@ def _kill_when(proc: subprocess.Popen, ready, timeout_s: float = 900) -> None:  
     raise AssertionError("the kill point was not reached in time")
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_killed_and_rerun_finishes_with_every_manifest(tmp_path: Path, tiny_model_dir: Path) -> None:
     from pipeline.commands_basic import validate_file
     from stages.checkpoints import find_resume_checkpoint
     from stages.manifest import data_fingerprint, read_manifest
 
     run = tmp_path / "run"
-    overrides = [f"output_dir={run}"]
+    # SFT2 long enough that the kill lands between its first checkpoint and its end
+    overrides = [f"output_dir={run}", "sft2:train.max_steps=12", "sft2:train.save_steps=2"]
     plan = load_pipeline(CONFIG, overrides)
     env = {**os.environ, "KFRAMES_CACHE": str(tiny_model_dir.parent), "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "--config", CONFIG, "--set", f"output_dir={run}"],
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", CONFIG, *(a for o in overrides for a in ("--set", o))],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     _kill_when(proc, lambda: find_resume_checkpoint(run / "sft2") is not None)
@@ -99,11 +100,29 @@ def test_tiny_pipeline_killed_and_rerun_finishes_with_every_manifest(tmp_path: P
     # eval: both selectors at both k on the held-out questions
     summary = json.loads((run / "eval/summary.json").read_text())
     assert (run / "eval/report.md").is_file()
-    text = json.dumps(summary)
-    assert "uniform" in text and "kframes" in text
+    assert set(summary["selectors"]) == {"uniform", "kframes-auto"} and summary["ks"] == [2, 4]
+    assert set(plan.read_record("eval").summary) == {f"accuracy/{s}/k{k}" for s in summary["selectors"] for k in (2, 4)}
 
     # nothing left to do
     t0 = time.perf_counter()
     again = run_pipeline(load_pipeline(CONFIG, overrides))
     assert {o.action for o in again} == {"skip"}
     assert time.perf_counter() - t0 < 30
+
+    # the demo's report over the same run (every stage skipped): stage times, hit rates, contact sheets
+    from pipeline.demo import run_demo
+
+    report = run_demo(run, config=CONFIG, overrides=overrides[1:]).read_text()
+    for stage in ("data", "sft1", "sft2", "grpo", "select", "eval"):
+        assert f"| {stage} | done |" in report
+    assert "| K-frames selector |" in report and "| uniform |" in report
+    hits = json.loads((run / "hit_rates.json").read_text())
+    assert hits["questions"] == 2 and 0 <= hits["selector_frame_hit_rate"] <= 1
+    assert len(list((run / "sheets").glob("*.png"))) == 2
+
+
+def test_span_hits() -> None:
+    from pipeline.demo import span_hits
+
+    assert span_hits([0.5, 1.0, 2.0, 3.0], [1.0, 3.0]) == (0.5, True)  # [start, end): 1.0 in, 3.0 out
+    assert span_hits([0.0, 5.0], [1.0, 3.0]) == (0.0, False)

@@ -8,9 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_builder.scenes import detect_scenes, frame_signals, hard_cuts, scenes_from_signals, segment_video
+from data_builder.scenes import (
+    detect_scenes,
+    frame_signals,
+    hard_cuts,
+    luma_histogram,
+    scenes_from_signals,
+    segment_video,
+)
 from data_builder.synthetic import COLORS, SyntheticScene, make_sample_videos, write_scene_video
-from data_builder.video import VideoReader
+from data_builder.video import VideoReader, iter_luma_batches
 from pipeline.cli import main
 from pipeline.config import ScenesSection
 from pipeline.contracts import VideoScenes
@@ -98,6 +105,53 @@ def test_candidates_are_exactly_scenedetects_histogram_detector(shared_data: Pat
         theirs += [tc.frame_num for tc in detector.process_frame(FrameTimecode(i, 25.0), np.ascontiguousarray(frame[..., ::-1]))]
     ours = [b.frame for b in hard_cuts(frame_signals([frames[:100], frames[100:]], cfg), cfg)]
     assert ours == theirs and len(ours) > 5  # at this low threshold, motion frames are candidates too
+
+
+def test_luma_histogram_is_histogram_detectors_after_its_colour_conversion(shared_data: Path) -> None:
+    import cv2
+    from scenedetect.detectors import HistogramDetector
+
+    with VideoReader(shared_data / "videos" / "bikes.mp4", width=160) as reader:
+        bgr = np.ascontiguousarray(reader.get_frames([40])[0][..., ::-1])
+    y = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)[..., 0]
+    np.testing.assert_array_equal(luma_histogram(y, 256), HistogramDetector.calculate_histogram(bgr, bins=256))
+
+
+def test_fast_luma_decoder_sees_every_frame_as_decord_does(shared_data: Path) -> None:
+    """Every frame, in order, at the analysis width; luma within a few levels of BGR2YUV on decord's RGB frames."""
+    import cv2
+
+    path = shared_data / "videos" / "goldeneye-vfr-drop3.mp4"  # H.264 with dropped frames (VFR)
+    with VideoReader(path, width=160) as reader:
+        rgb = reader.get_frames(range(reader.info.num_frames))
+    luma = np.concatenate(list(iter_luma_batches(path, 160, 64)))
+    assert luma.shape == rgb.shape[:3] and luma.dtype == np.uint8
+    ref = np.stack([cv2.cvtColor(np.ascontiguousarray(f[..., ::-1]), cv2.COLOR_BGR2YUV)[..., 0] for f in rgb])
+    per_frame = np.abs(luma.mean(axis=(1, 2)) - ref.mean(axis=(1, 2)))
+    assert per_frame.max() < 3.0  # full range, same frame i (a shifted frame would differ by far more at the cuts)
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "goldeneye-vfr-drop3.mp4", "issue-134-rotate.mp4"])
+def test_fast_decoder_gives_the_reference_scenes(shared_data: Path, name: str) -> None:
+    """The PyAV luma pass (no deblocking, luma plane, rotation ignored) finds the same scenes as decord's RGB frames."""
+    fast = segment_video(shared_data / "videos" / name)
+    ref = segment_video(shared_data / "videos" / name, ScenesSection(decoder="decord"))
+    assert fast == ref
+
+
+def test_fast_decoder_falls_back_to_decord_when_it_disagrees(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import data_builder.video as video
+
+    real = video.iter_luma_batches
+
+    def drops_first_frame(*args, **kwargs):  # type: ignore[no-untyped-def]
+        batches = real(*args, **kwargs)
+        yield next(batches)[1:]
+        yield from batches
+
+    monkeypatch.setattr(video, "iter_luma_batches", drops_first_frame)
+    scenes = detect_scenes(shared_data / "videos" / "bikes.mp4")
+    assert [s.start_frame for s in scenes[1:]] == [30, 76, 137, 187, 242]  # frame i is still decord's frame i
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -89,6 +89,15 @@ def _cfg(stage: str, out: Path, train_file: Path, *, init_from: Path | None = No
     })
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on a small shared CPU box the tiny model trains several times faster than with many."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _tiny_cache(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """'tiny' in a recipe resolves to the session's tiny model (built once under $KFRAMES_CACHE)."""
@@ -358,27 +367,39 @@ def test_sft1_to_sft2_handoff(task_files, tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_two_process_zero2_over_gloo(task_files, tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    ("zero", "lora", "port"),
+    [("zero2", False, 29517), ("zero3", True, 29518)],  # ZeRO-3 + LoRA: the adapter merge runs on rank 0 alone
+    ids=["zero2", "zero3-lora"],
+)
+def test_two_process_deepspeed_over_gloo(task_files, tmp_path, tiny_model_dir, zero, lora, port):
     import yaml
 
-    out = tmp_path / "zero2"
-    cfg = _cfg("sft2", out, task_files["sft2"], per_device_batch_size=1, max_steps=3, save_steps=2)
+    out = tmp_path / zero
+    cfg = _cfg("sft2", out, task_files["sft2"], lora=lora, per_device_batch_size=1, max_steps=3, save_steps=2)
     recipe = tmp_path / "sft2.yaml"
     recipe.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {**os.environ, "KFRAMES_CACHE": str(tiny_model_dir.parent), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/zero2.yaml",
-           "--num_processes", "2", "--main_process_port", "29517", "-m", "stages.sft2", "--config", str(recipe)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{zero}.yaml",
+           "--num_processes", "2", "--main_process_port", str(port), "-m", "stages.sft2", "--config", str(recipe)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     manifest = json.loads((out / "final" / "stage.json").read_text())
     assert manifest["world_size"] == 2 and manifest["global_step"] == 3
+    assert manifest["lora"] == ("merged" if lora else "none")
     ckpt = out / "checkpoint-2"
     assert (ckpt / "kframes_complete.json").is_file()
-    shards = sorted(p.name for p in (ckpt / "global_step2").glob("zero_pp_rank_*_optim_states.pt"))
-    assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    shards = sorted(p.name for p in (ckpt / "global_step2").glob("*_optim_states.pt"))
+    assert len(shards) == 2 and "rank_0" in shards[0] and "rank_1" in shards[1]  # optimizer state sharded over 2
     assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
+    # the final model is a complete plain model (gathered from the shards, adapter merged)
+    final, base = _state(out / "final"), _state(tiny_model_dir)
+    assert set(base) <= set(final)  # (a DeepSpeed save may also write the tied lm_head)
+    if "lm_head.weight" in final:
+        assert torch.equal(final["lm_head.weight"], final["model.embed_tokens.weight"])
+    assert not any(torch.equal(final[k], base[k]) for k in base if k.startswith("model.layers.0.mlp"))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_resources_fall_back_to_the_profile(tmp_path: Path) -> None:
 class _Ready(http.server.BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         type(self).hits += 1
         code = 200 if type(self).hits >= 3 else 503  # "loading the model" twice, then up
         self.send_response(code)
@@ -182,18 +182,18 @@ def test_preemption_request_saves_a_complete_checkpoint_then_resume_finishes(tmp
             super().__init__()
             self.w = torch.nn.Linear(4, 1)
 
-        def forward(self, x, y):  # noqa: ANN001
+        def forward(self, x, y):
             return {"loss": torch.nn.functional.mse_loss(self.w(x).squeeze(-1), y)}
 
     data = [{"x": torch.randn(4), "y": torch.tensor(1.0)} for _ in range(64)]
     request = tmp_path / "job.preempt"
 
     class Trap(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+        def on_step_begin(self, args, state, control, **kw):
             if state.global_step == 2:
                 request.touch()
 
-    def trainer(callbacks):  # noqa: ANN001
+    def trainer(callbacks):
         args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, save_steps=100, per_device_train_batch_size=2,
                                  report_to="none", use_cpu=True, logging_steps=100, save_strategy="steps")
         torch.manual_seed(0)
@@ -248,5 +248,5 @@ def test_render_is_deterministic_apart_from_the_date(tmp_path: Path) -> None:
     plan = load_pipeline(profile.pipeline)
     a = render_script(plan, profile, "sft2", pipeline_path=profile.pipeline, run_dir=tmp_path)
     b = render_script(plan, profile, "sft2", pipeline_path=profile.pipeline, run_dir=tmp_path)
-    strip = lambda s: [line for line in s.splitlines() if "written by" not in line]  # noqa: E731
+    strip = lambda s: [line for line in s.splitlines() if "written by" not in line]
     assert strip(a) == strip(b)
