@@ -79,11 +79,11 @@ def main() -> int:
     ts_vfr = np.arange(NUM_FRAMES) / FPS  # passed explicitly: the VFR-correct code path
     rows = []
     for k in KS:
-        base = time_call(lambda: uniform_indices(NUM_FRAMES, k), args.repeats)
+        base = time_call(lambda k=k: uniform_indices(NUM_FRAMES, k), args.repeats)
         rows.append({"method": "uniform_indices", "k": k, "timestamps": False, **base, "vs_uniform": 1.0})
         for with_ts in (False, True):
             ts = ts_vfr if with_ts else None
-            uni = time_call(lambda: uniform_frames(NUM_FRAMES, k, FPS, ts), args.repeats)
+            uni = time_call(lambda k=k, ts=ts: uniform_frames(NUM_FRAMES, k, FPS, ts), args.repeats)
             rows.append(
                 {
                     "method": "uniform_frames",
@@ -97,7 +97,7 @@ def main() -> int:
                 res = sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, num_candidates=T)
                 assert len(res.indices) == k and not res.fallback
                 stats = time_call(
-                    lambda: sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, num_candidates=T),
+                    lambda k=k, mode=mode, ts=ts: sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, num_candidates=T),
                     args.repeats,
                 )
                 rows.append(

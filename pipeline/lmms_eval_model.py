@@ -162,7 +162,7 @@ class KFramesQwen2_5_VL(_LmmsBase):
         for v in visuals:
             if isinstance(v, str) and v.lower().endswith(VIDEO_SUFFIXES):
                 frames, times = self.select_frames(v, context)
-                for im, t in zip(frames, times, strict=True):
+                for _frame, t in zip(frames, times, strict=True):
                     content += [{"type": "text", "text": format_timestamp(t)}, {"type": "image"}]
                 images += frames
             elif hasattr(v, "convert"):  # a PIL image from an image task: passed through unchanged

@@ -135,7 +135,7 @@ def sft2_dir(task: _Task, tiny_model_dir: Path) -> Path:
         labels[row, :n_prompt] = -100
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()
-    for step in range(300):  # one batch of all (prompt, target) pairs; stops early, typically within ~100 steps
+    for step in range(300):  # noqa: B007 -- one batch of all (prompt, target) pairs; stops early, typically within ~100 steps
         opt.zero_grad()
         loss = model(**batch, labels=labels).loss
         loss.backward()

@@ -56,7 +56,7 @@ class LoopbackVLLM:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "LoopbackVLLM":
+    def __enter__(self) -> LoopbackVLLM:
         self._thread.start()
         return self
 
