@@ -40,7 +40,7 @@ def write_samples(out_dir: str | Path, cfg: SamplesSection) -> dict[str, Any]:
     """Generate the sample videos and their files (once: a complete folder with the same settings is kept)."""
     from data_builder.synthetic import make_sample_videos
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute video paths: the files are read from other folders and jobs
     manifest_path = out / MANIFEST
     settings = cfg.model_dump(mode="json")
     if manifest_path.is_file():
