@@ -211,11 +211,9 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = model
-        if model == "tiny":
-            from pipeline.tiny_model import build_tiny_model
+        from pipeline.tiny_model import resolve_model_name
 
-            path = str(build_tiny_model())
+        path = resolve_model_name(model)
         self.identity = f"transformers:{model}"
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

@@ -32,6 +32,7 @@ from pipeline.contracts import EvalQuestion
 from pipeline.errors import DataError, VideoError
 from pipeline.frame_selectors import FrameSelector, VideoMeta, make_selector
 from pipeline.io import atomic_write_json, atomic_write_text, dumps_line
+from pipeline.tiny_model import resolve_model_name
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -113,7 +114,7 @@ class VisualTokenCounter:
         try:
             from transformers import AutoImageProcessor
 
-            path = _resolve_downstream_model(downstream.model)
+            path = resolve_model_name(downstream.model)
             proc = AutoImageProcessor.from_pretrained(path)
             self.factor = int(getattr(proc, "patch_size", 14)) * int(getattr(proc, "merge_size", 2))
             size = getattr(proc, "size", None) or {}
@@ -140,14 +141,6 @@ class VisualTokenCounter:
 
     def __call__(self, images: Iterable[Any]) -> int:
         return sum(self.tokens(*im.size) for im in images)
-
-
-def _resolve_downstream_model(model: str) -> str:
-    if model == "tiny":
-        from pipeline.tiny_model import build_tiny_model
-
-        return str(build_tiny_model())
-    return model
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -382,10 +382,9 @@ class KFramesSelector(FrameSelector):
 
 def resolve_selector_model(model: str) -> str:
     """'tiny' -> the locally built tiny Qwen2.5-VL; a stage's output folder -> its final/; else unchanged."""
-    if model == "tiny":
-        from pipeline.tiny_model import build_tiny_model
+    from pipeline.tiny_model import resolve_model_name
 
-        return str(build_tiny_model())
+    model = resolve_model_name(model)
     p = Path(model)
     if (p / "final").is_dir() and not (p / "config.json").is_file():
         return str(p / "final")

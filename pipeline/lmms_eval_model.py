@@ -91,14 +91,14 @@ class KFramesQwen2_5_VL(_LmmsBase):
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         from pipeline.frame_selectors import KFramesSelector, UniformSelector
-        from pipeline.evaluate import _resolve_downstream_model
+        from pipeline.tiny_model import resolve_model_name
 
         self.k = int(k)
         self.max_pixels = int(max_pixels)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size_per_gpu = int(batch_size)
         self._device = torch.device(device)
-        path = _resolve_downstream_model(pretrained)
+        path = resolve_model_name(pretrained)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=getattr(torch, dtype), **extra

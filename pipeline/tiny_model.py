@@ -252,3 +252,12 @@ def build_tiny_model(cache_dir: str | os.PathLike[str] | None = None, recipe: di
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """'tiny' -> the folder of the locally built tiny Qwen2.5-VL (built once); anything else unchanged.
+
+    Every recipe field that names a model (selector, downstream, annotator) accepts 'tiny', so tests and the
+    demo run the same code as a GPU recipe naming a hub id.
+    """
+    return str(build_tiny_model()) if name_or_path == "tiny" else name_or_path

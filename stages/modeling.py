@@ -49,11 +49,9 @@ def resolve_model_path(name_or_path: str, init_from: str | None) -> str:
                 "run the previous stage first"
             )
         return str(final)
-    if name_or_path == "tiny":
-        from pipeline.tiny_model import build_tiny_model
+    from pipeline.tiny_model import resolve_model_name
 
-        return str(build_tiny_model())
-    return name_or_path
+    return resolve_model_name(name_or_path)
 
 
 def base_model_of(path: str) -> str:

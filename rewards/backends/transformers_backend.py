@@ -14,18 +14,10 @@ from typing import Any
 
 from pipeline.errors import BackendError, ConfigError
 from rewards.backends.base import MCQRequest, normalise_over_options, option_letters
+from pipeline.tiny_model import resolve_model_name
 from rewards.backends.prompt import render_mcq_messages
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_downstream_model(name_or_path: str) -> str:
-    """'tiny' -> the locally built tiny Qwen2.5-VL; anything else is a hub id or a folder."""
-    if name_or_path == "tiny":
-        from pipeline.tiny_model import build_tiny_model
-
-        return str(build_tiny_model())
-    return name_or_path
 
 
 def _device_and_dtype(device: str, dtype: str):
@@ -53,7 +45,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = resolve_downstream_model(model)
+        path = resolve_model_name(model)
         self.device, self.dtype = _device_and_dtype(device, dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(path)
