@@ -25,20 +25,17 @@ import io
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pipeline.errors import BackendError, ConfigError
 from pipeline.io import atomic_write_json
+from pipeline.retry import RetryableError, with_retries
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 @dataclass
 class LLMRequest:
@@ -55,24 +52,6 @@ class GenerationBackend(Protocol):
     identity: str
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[str]: ...
-
-
-class RetryableError(Exception):
-    """A failure worth retrying (timeout, 5xx, malformed body); anything else propagates at once."""
-
-
-def with_retries(fn: Callable[[], T], *, what: str, max_retries: int, backoff_s: float) -> T:
-    """Call `fn`; on RetryableError wait backoff_s * 2**attempt and try again, at most max_retries times."""
-    for attempt in range(max_retries + 1):
-        try:
-            return fn()
-        except RetryableError as exc:
-            if attempt == max_retries:
-                raise BackendError(f"{what}: failed after {max_retries + 1} attempts: {exc}") from None
-            delay = backoff_s * (2**attempt)
-            log.warning("%s: %s; retrying in %.2fs (%d/%d)", what, exc, delay, attempt + 1, max_retries)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def image_digest(image: Any) -> str:

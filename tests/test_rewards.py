@@ -227,7 +227,7 @@ def test_server_down_is_an_error_naming_the_url() -> None:
     url = f"http://127.0.0.1:{port}/v1"
     b = make_backend(DownstreamSection(backend="vllm", url=url, model="m", max_retries=1, timeout_s=2))
     b.backoff_s = 0.01
-    with pytest.raises(BackendError, match=rf"vLLM server at {url} is not reachable.*vllm serve"):
+    with pytest.raises(BackendError, match=rf"vLLM server at {url}: not reachable.*vllm serve"):
         b.option_logprobs(_requests()[1:2])
 
 

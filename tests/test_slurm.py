@@ -195,7 +195,8 @@ def test_preemption_request_saves_a_complete_checkpoint_then_resume_finishes(tmp
 
     def trainer(callbacks):
         args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, save_steps=100, per_device_train_batch_size=2,
-                                 report_to="none", use_cpu=True, logging_steps=100, save_strategy="steps")
+                                 report_to="none", use_cpu=True, logging_steps=100, save_strategy="steps",
+                                 disable_tqdm=True)
         torch.manual_seed(0)
         return Trainer(model=Tiny(), args=args, train_dataset=data, callbacks=callbacks)
 

@@ -37,11 +37,11 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.errors import BackendError, ConfigError
+from pipeline.retry import RetryableError, with_retries
 from rewards.backends.base import MCQRequest, normalise_over_options, option_letters
 from rewards.backends.prompt import render_mcq_messages
 
@@ -121,33 +121,32 @@ class VLLMBackend:
     # ---- HTTP with retries ------------------------------------------------------------------------------
 
     def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        return with_retries(
+            lambda: self._post_once(url, body),
+            what=f"vLLM server at {self.url}",
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+        )
+
+    def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                resp = self._client.post(url, json=body)
-            except httpx.ConnectError as exc:
-                last = f"vLLM server at {self.url} is not reachable ({exc}); is `vllm serve` running there?"
-                continue
-            except httpx.TimeoutException:
-                last = f"vLLM server at {self.url} did not answer within {self.timeout_s:g}s (downstream.timeout_s)"
-                continue
-            except httpx.TransportError as exc:
-                last = f"vLLM server at {self.url}: connection failed ({exc})"
-                continue
-            if resp.status_code in RETRY_STATUS:
-                last = f"vLLM server at {self.url} answered {resp.status_code}: {resp.text[:300]}"
-                continue
-            if resp.status_code >= 400:
-                raise BackendError(f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {resp.text[:500]}")
-            try:
-                return resp.json()
-            except ValueError:
-                raise BackendError(f"vLLM server at {self.url}: {url} did not return JSON: {resp.text[:200]!r}") from None
-        raise BackendError(f"{last} (after {self.max_retries + 1} attempts)")
+        try:
+            resp = self._client.post(url, json=body)
+        except httpx.ConnectError as exc:
+            raise RetryableError(f"not reachable ({exc}); is `vllm serve` running there?") from None
+        except httpx.TimeoutException:
+            raise RetryableError(f"no answer within {self.timeout_s:g}s (downstream.timeout_s)") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"connection failed ({exc})") from None
+        if resp.status_code in RETRY_STATUS:
+            raise RetryableError(f"answered {resp.status_code}: {resp.text[:300]}")
+        if resp.status_code >= 400:
+            raise BackendError(f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {resp.text[:500]}")
+        try:
+            return resp.json()
+        except ValueError:
+            raise BackendError(f"vLLM server at {self.url}: {url} did not return JSON: {resp.text[:200]!r}") from None
 
     # ---- letters ----------------------------------------------------------------------------------------
 
