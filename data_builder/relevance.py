@@ -256,9 +256,10 @@ class LexicalScorer:
                     scene_index=s.index,
                     llm_score=round(f, 4),
                     score=round(f, 4),
-                    reason=(f"caption mentions {', '.join(m)} (bm25 {r:.2f})" if m else "no query word in the caption"),
+                    # the reason becomes part of SFT targets: only words the selector can read, no raw BM25 value
+                    reason=(f"caption mentions {', '.join(m)}" if m else "no query word in the caption"),
                 )
-                for s, f, (r, m) in zip(ctx.scenes, finals, ranked, strict=True)
+                for s, f, (_, m) in zip(ctx.scenes, finals, ranked, strict=True)
             ]
             results.append(ScoringResult(scores))
         return results
