@@ -37,6 +37,7 @@ from pipeline.retry import RetryableError, with_retries
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class LLMRequest:
     """One prompt: optional system text, the user's text, and images shown before it (PIL images)."""
