@@ -432,44 +432,29 @@ TINY_CLIP_RECIPE: dict[str, Any] = {"version": 1, "hidden": 32, "layers": 1, "he
 
 def build_tiny_clip(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Build (once) a tiny random CLIP with the real transformers classes; returns its folder."""
-    import shutil
-    import tempfile
+    from pipeline.tiny_model import build_once
 
-    from pipeline.tiny_model import TINY_RECIPE, default_cache_dir
+    return build_once("tiny-clip", TINY_CLIP_RECIPE, _build_tiny_clip, marker="config.json", cache_dir=cache_dir)
+
+
+def _build_tiny_clip(folder: Path) -> None:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from pipeline.tiny_model import TINY_RECIPE, _build_tokenizer  # the same locally trained BPE as the tiny Qwen
 
     r = TINY_CLIP_RECIPE
-    key = hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = root / f"tiny-clip-{key}"
-    if (out / "config.json").is_file():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=root))
-    try:
-        import torch
-        from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-        from pipeline.tiny_model import _build_tokenizer  # the same locally trained BPE as the tiny Qwen
-
-        tok = _build_tokenizer(TINY_RECIPE)
-        text = {"vocab_size": len(tok), "hidden_size": r["hidden"], "intermediate_size": 2 * r["hidden"],
-                "num_hidden_layers": r["layers"], "num_attention_heads": r["heads"], "max_position_embeddings": 64,
-                "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.pad_token_id}
-        vision = {"hidden_size": r["hidden"], "intermediate_size": 2 * r["hidden"], "num_hidden_layers": r["layers"],
-                  "num_attention_heads": r["heads"], "image_size": r["image"], "patch_size": r["patch"]}
-        torch.manual_seed(r["seed"])
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=r["proj"]))
-        model.save_pretrained(tmp)
-        CLIPImageProcessor(size={"shortest_edge": r["image"]}, crop_size={"height": r["image"], "width": r["image"]}).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    tok = _build_tokenizer(TINY_RECIPE)
+    text = {"vocab_size": len(tok), "hidden_size": r["hidden"], "intermediate_size": 2 * r["hidden"],
+            "num_hidden_layers": r["layers"], "num_attention_heads": r["heads"], "max_position_embeddings": 64,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.pad_token_id}
+    vision = {"hidden_size": r["hidden"], "intermediate_size": 2 * r["hidden"], "num_hidden_layers": r["layers"],
+              "num_attention_heads": r["heads"], "image_size": r["image"], "patch_size": r["patch"]}
+    torch.manual_seed(r["seed"])
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=r["proj"]))
+    model.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": r["image"]}, crop_size={"height": r["image"], "width": r["image"]}).save_pretrained(folder)
+    tok.save_pretrained(folder)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # Qwen2-VL's chat template, with `{% generation %}` markers around the assistant's text so that
@@ -232,26 +233,46 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kframes"
 
 
-def build_tiny_model(cache_dir: str | os.PathLike[str] | None = None, recipe: dict[str, object] | None = None) -> Path:
-    """Build (once) and return the folder of a tiny Qwen2.5-VL with its processor. No network."""
-    recipe = dict(TINY_RECIPE if recipe is None else recipe)
+def build_once(
+    kind: str,
+    recipe: dict[str, object],
+    build: Callable[[Path], None],
+    *,
+    marker: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """`<cache>/<kind>-<hash of recipe>`, built by `build(folder)` the first time it is asked for.
+
+    `build` writes into a temporary folder that is renamed into place only when it is complete, so a crash never
+    leaves a half-built model that a later run would trust; when two processes build at once, the first rename
+    wins and the other's copy is thrown away. `marker` is a file the finished folder always has.
+    """
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = root / f"tiny-qwen2_5_vl-{key}"
-    if (out / "kframes_tiny_recipe.json").is_file():
+    out = root / f"{kind}-{key}"
+    if (out / marker).is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
     try:
-        _build(recipe, tmp)
+        build(tmp)
         try:
             os.replace(tmp, out)
         except OSError:  # another process built it first
-            if not (out / "kframes_tiny_recipe.json").is_file():
+            if not (out / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def build_tiny_model(cache_dir: str | os.PathLike[str] | None = None, recipe: dict[str, object] | None = None) -> Path:
+    """Build (once) and return the folder of a tiny Qwen2.5-VL with its processor. No network."""
+    recipe = dict(TINY_RECIPE if recipe is None else recipe)
+    return build_once(
+        "tiny-qwen2_5_vl", recipe, lambda folder: _build(recipe, folder),
+        marker="kframes_tiny_recipe.json", cache_dir=cache_dir,
+    )
 
 
 def resolve_model_name(name_or_path: str) -> str:
