@@ -3,7 +3,7 @@
 Setting (the paper's inference): a one-hour video at 30 fps (108,000 frames), clips predicted on a grid of
 T=256 candidate frames (4 clips: 2 P1, 2 P2, seeded), k in 8, 32, 64, every mode. Each case is timed with and
 without per-frame timestamps (VFR-correct path, as `kframes select` calls it, vs constant frame rate).
-Targets (issue 5): under 1 ms per call for focused and hybrid, under 20 ms for set.
+Targets: under 1 ms per call for focused and hybrid, under 20 ms for set.
 
     python benchmarks/bench_sampler.py [--repeats 200] [--out benchmarks/results/sampler.json]
 """
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_builder.video import uniform_indices  # noqa: E402
-from pipeline.contracts import KeyClip  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
-from pipeline.sampler import MODES, sample_frames, uniform_frames  # noqa: E402
+from pipeline.core.contracts import KeyClip  # noqa: E402
+from pipeline.core.io import atomic_write_json  # noqa: E402
+from pipeline.core.sampler import MODES, SamplerParams, sample_frames, uniform_frames  # noqa: E402
 
 FPS = 30.0
 NUM_FRAMES = 108_000  # one hour
@@ -94,10 +94,10 @@ def main() -> int:
                 }
             )
             for mode in MODES:
-                res = sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, num_candidates=T)
+                res = sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, params=SamplerParams(num_candidates=T))
                 assert len(res.indices) == k and not res.fallback
                 stats = time_call(
-                    lambda k=k, mode=mode, ts=ts: sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, num_candidates=T),
+                    lambda k=k, mode=mode, ts=ts: sample_frames(clips, NUM_FRAMES, FPS, k, mode, timestamps_s=ts, params=SamplerParams(num_candidates=T)),
                     args.repeats,
                 )
                 rows.append(

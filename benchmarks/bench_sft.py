@@ -3,7 +3,7 @@
 What it answers: does our batch building (frames decoded through FrameCache when the batch is built, rows made
 from the task file's JSON, the completeness-marker callback) cost anything against what a researcher would write
 with TRL directly (an in-memory `datasets.Dataset` with the decoded frames as an `images` column, the same model,
-the same frozen vision encoder, the same TRL arguments)? Target (issue 6): within 10% of plain TRL.
+the same frozen vision encoder, the same TRL arguments)? Target: within 10% of plain TRL.
 
 Both variants train the same SFT2 examples (synthetic videos from data_builder.synthetic: query -> the P1 clip of
 the scene that answers it) for the same steps. Each run is its own process (peak RSS is per process), variants
@@ -49,9 +49,9 @@ def write_task_file(work: Path, *, videos: int, frames: int, size: tuple[int, in
     """SFT2 examples from synthetic videos, rendered with the project's one prompt renderer."""
     from data_builder.synthetic import make_sample_videos
     from data_builder.video import sample_candidates
-    from pipeline.contracts import KeyClip, TrainingExample
-    from pipeline.io import atomic_write_jsonl
-    from pipeline.prompt import format_clips, render_selector_messages
+    from pipeline.core.contracts import KeyClip, TrainingExample
+    from pipeline.core.io import atomic_write_jsonl
+    from pipeline.core.prompt import format_clips, render_selector_messages
 
     examples = []
     for video in make_sample_videos(work / "videos", videos, seed=seed, size=size):
@@ -70,7 +70,7 @@ def write_task_file(work: Path, *, videos: int, frames: int, size: tuple[int, in
 
 def recipe(config: str | None, train_file: str, out: str, overrides: list[str]):
     """The stage config both variants train with: a YAML recipe (GPU script) or the tiny CPU defaults."""
-    from pipeline.config import SFTConfig, apply_overrides, load_yaml, validate_config
+    from pipeline.core.config import SFTConfig, apply_overrides, load_yaml, validate_config
 
     if config:
         raw = load_yaml(config)
@@ -113,8 +113,8 @@ def _plain_trl_trainer(cfg, examples_path: str, callbacks: list[Any]):
     from trl import SFTConfig, SFTTrainer
 
     from data_builder.video import FrameCache
-    from pipeline.contracts import TrainingExample
-    from pipeline.io import read_jsonl_models
+    from pipeline.core.contracts import TrainingExample
+    from pipeline.core.io import read_jsonl_models
     from stages.common import training_args_kwargs
     from stages.modeling import resolve_model_path
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None,
 
         logging.disable(logging.WARNING)
         cfg = recipe(args.config, args.train_file, args.output_dir, args.overrides)
-        from pipeline.io import atomic_write_json
+        from pipeline.core.io import atomic_write_json
 
         atomic_write_json(args.result, run_variant(args.worker, cfg, args.train_file, args.warmup))
         return 0
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None,
     # stays comparable when other jobs steal the cores (both variants run single-threaded there).
     basis = "tokens_per_s_median_step" if torch.cuda.is_available() else "tokens_per_cpu_s"
     ratio = ratios[basis]
-    from pipeline.io import atomic_write_json
+    from pipeline.core.io import atomic_write_json
 
     result = {
         "benchmark": "sft",

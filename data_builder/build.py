@@ -27,14 +27,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from data_builder.captions import apply_imported, build_chapters, caption_scenes, import_captions, summarize
+from data_builder.clips import clips_from_scores, is_sparse_enough, keyframe_sparsity
 from data_builder.llm import GenerationBackend, LLMRequest, make_llm
-from pipeline.contracts import PeakClipsRecord, QueryAnnotation, Scene, VideoInfo
-from pipeline.errors import ConfigError, DataError, KframesError
-from pipeline.io import atomic_write_json, atomic_write_jsonl
+from data_builder.queries import generate_queries, load_user_queries
+from data_builder.relevance import SimilarityRefiner, VideoContext, make_scorer
+from data_builder.scenes import segment_video
+from data_builder.video import VIDEO_EXTENSIONS, FrameCache
+from pipeline.core.contracts import PeakClipsRecord, QueryAnnotation, Scene, SceneCaption, VideoInfo
+from pipeline.core.errors import ConfigError, DataError, KframesError
+from pipeline.core.io import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+
 STAT_KEYS = ("scenes", "captions", "chapters", "queries", "scores", "failures", "p1_clips", "p2_clips", "dropped_sparse")
 
 
@@ -102,8 +108,6 @@ class BuildSummary:
 
 def detect(path: Path, video_id: str, scenes_cfg: Any) -> tuple[VideoInfo, list[Scene]]:
     """The video's info and scenes from the histogram segmenter (data_builder.scenes), decoded once."""
-    from data_builder.scenes import segment_video
-
     result = segment_video(str(path), scenes_cfg)
     return result.video.model_copy(update={"video_id": video_id, "path": str(path)}), list(result.scenes)
 
@@ -112,9 +116,6 @@ class VideoAnnotator:
     """Everything that turns one video into a PeakClipsRecord; models are loaded once and shared by videos."""
 
     def __init__(self, cfg: Any, out_dir: Path, *, user_queries: dict[str, list[Any]], imported: dict[str, Any]) -> None:
-        from data_builder.relevance import SimilarityRefiner, make_scorer
-        from data_builder.video import FrameCache
-
         self.cfg = cfg
         self.llm = LazyLLM(cfg.llm, out_dir / "llm_cache")
         self.frames = FrameCache(max_videos=2)
@@ -133,12 +134,6 @@ class VideoAnnotator:
         self.imported = imported
 
     def annotate(self, video_id: str, path: Path) -> tuple[PeakClipsRecord, dict[str, Any]]:
-        from data_builder.captions import apply_imported, build_chapters, caption_scenes, summarize
-        from data_builder.clips import clips_from_scores, is_sparse_enough, keyframe_sparsity
-        from data_builder.queries import generate_queries
-        from data_builder.relevance import VideoContext
-        from pipeline.contracts import SceneCaption
-
         cfg = self.cfg
         info, scenes = detect(path, video_id, cfg.scenes)
         notes: list[str] = []
@@ -270,8 +265,6 @@ def build_peakclips(
     """Build (or resume) PeakClips for the videos of one shard, collect what is done, write the task files."""
     from tqdm import tqdm
 
-    from data_builder.captions import import_captions
-    from data_builder.queries import load_user_queries
 
     out = Path(out_dir)
     shard_i, shard_n = parse_shard(shard)

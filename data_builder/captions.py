@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_builder.llm import GenerationBackend, LLMRequest
 from data_builder.parsing import extract_json
-from pipeline.contracts import Chapter, Scene, SceneCaption, VideoSummary
-from pipeline.errors import DataError
+from data_builder.video import uniform_indices
+from pipeline.core.contracts import Chapter, Scene, SceneCaption, VideoSummary
+from pipeline.core.errors import DataError
 
 CAPTION_PROMPT = (
     "These {n} frames come from one scene of a video ({start:.1f}s to {end:.1f}s), in time order. "
@@ -52,8 +53,6 @@ SUMMARY_PROMPT = (
 
 def scene_frame_indices(scene: Scene, n: int) -> list[int]:
     """`n` frames spread evenly inside the scene (midpoints of n equal parts), as absolute frame indices."""
-    from data_builder.video import uniform_indices
-
     return [scene.start_frame + i for i in uniform_indices(scene.num_frames, min(n, scene.num_frames))]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pipeline.contracts import KeyClip, Scene, SceneScore
+from pipeline.core.contracts import KeyClip, Scene, SceneScore
 
 
 def priority_of(score: float, p1: float, p2: float) -> str | None:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import BackendError, ConfigError
-from pipeline.io import atomic_write_json
-from pipeline.retry import RetryableError, with_retries
+from pipeline.core.errors import BackendError, ConfigError
+from pipeline.core.io import atomic_write_json
+from pipeline.core.models import resolve_model
+from pipeline.core.retry import RetryableError, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,8 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from pipeline.tiny_model import resolve_model_name
 
-        path = resolve_model_name(model)
+        path = resolve_model(model)
         self.identity = f"transformers:{model}"
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_builder.llm import GenerationBackend, LLMRequest
 from data_builder.parsing import extract_json
-from pipeline.contracts import Chapter, Query, Scene, SceneCaption, VideoSummary
-from pipeline.errors import DataError
-from pipeline.io import format_validation_error, iter_jsonl
+from pipeline.core.contracts import Chapter, Query, Scene, SceneCaption, VideoSummary
+from pipeline.core.errors import DataError
+from pipeline.core.io import format_validation_error, iter_jsonl
 
 QUERY_PROMPT = (
     "Here is a description of a video.\nSummary: {summary}\nScenes:\n{scenes}\n"

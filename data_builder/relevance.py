@@ -40,9 +40,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from data_builder.captions import scene_frame_indices
+from data_builder.image_text import ImageTextScorer
 from data_builder.llm import GenerationBackend, LLMRequest
 from data_builder.parsing import extract_json
-from pipeline.contracts import Chapter, Query, Scene, SceneScore
+from pipeline.core.contracts import Chapter, Query, Scene, SceneScore
 
 SCORE_PROMPT = (
     "You rate how relevant one scene of a video is to a query.\n"
@@ -312,8 +314,6 @@ class SimilarityRefiner:
     """Fuses CLIP/SigLIP frame-query similarity into the scores (formula in the module docstring)."""
 
     def __init__(self, model: str, *, weight: float = 0.5, frames_per_scene: int = 4, device: str = "cpu") -> None:
-        from pipeline.frame_selectors import ImageTextScorer
-
         self.scorer = ImageTextScorer(model, device=device)
         self.weight = weight
         self.frames_per_scene = frames_per_scene
@@ -321,8 +321,6 @@ class SimilarityRefiner:
 
     def _scene_embeddings(self, ctx: VideoContext) -> list[Any]:
         """Normalised embeddings of each scene's frames, computed once per video."""
-        from data_builder.captions import scene_frame_indices
-
         if ctx.video_path not in self._scene_emb:
             self._scene_emb = {ctx.video_path: [
                 self.scorer.image_embeddings(

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ScenesSection
-from pipeline.contracts import Scene, VideoInfo, VideoScenes
-
+from data_builder.video import AnalysisDecodeError, VideoReader, iter_luma_batches
+from pipeline.core.config import ScenesSection
+from pipeline.core.contracts import Scene, VideoInfo, VideoScenes
 
 EDGE_BLACK_MIN_S = 1.0  # a black intro/outro shorter than this is a fade of the first/last shot
 
@@ -298,8 +298,6 @@ def _with_progress(batches: Iterable[np.ndarray], total: int, name: str, show: b
 
 def _decord_signals(path: Path, cfg: ScenesSection, n: int, progress: bool) -> FrameSignals:
     """The reference pass: RGB frames from decord's scaler (the random-access reader), scenedetect's histograms."""
-    from data_builder.video import VideoReader
-
     with VideoReader(path, width=cfg.downscale_width, num_threads=cfg.num_threads) as reader:
         frames = (f for _, f in reader.iter_batches(range(n), cfg.batch_size))
         return frame_signals(_with_progress(frames, n, path.name, progress), cfg)
@@ -315,8 +313,6 @@ def segment_video(
     sequential luma-only pass of `iter_luma_batches`; if it cannot read the file, or sees a different number of
     frames than the index, the pass is redone with `decord` so that frame i is always the reader's frame i.
     """
-    from data_builder.video import AnalysisDecodeError, VideoReader, iter_luma_batches
-
     cfg = cfg or ScenesSection()
     p = Path(path)
     with VideoReader(p, num_threads=cfg.num_threads) as reader:  # opens the index only: nothing is decoded

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.contracts import Query, Scene
-from pipeline.errors import VideoError
+from pipeline.core.contracts import Query, Scene
+from pipeline.core.errors import VideoError
 
 COLORS: dict[str, tuple[int, int, int]] = {  # RGB; far apart in hue and brightness, so cuts are clear
     "red": (200, 30, 30),
@@ -94,7 +94,7 @@ class SampleVideo:
         return self.num_frames / self.fps
 
     def true_scenes(self) -> list[Scene]:
-        """The scenes as written, as `pipeline.contracts.Scene` records."""
+        """The scenes as written, as `pipeline.core.contracts.Scene` records."""
         return [
             Scene(index=i, start_frame=s.start_frame, end_frame=s.end_frame, start_s=s.start_s, end_s=s.end_s)
             for i, s in enumerate(self.scenes)

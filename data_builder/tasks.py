@@ -1,13 +1,13 @@
 """Training examples of the three stages from PeakClips records (SPEC section 3).
 
 Every example shows the selector the same thing: the video's T candidate frames, each after its timestamp,
-rendered by THE one function, `pipeline.prompt.render_selector_messages`; only the request and the target
+rendered by THE one function, `pipeline.core.prompt.render_selector_messages`; only the request and the target
 differ by task.
 
 - SFT1 (temporal grounding), mix configurable (`tasks.sft1_mix`):
   `caption_to_scene` (a scene caption -> `{"start", "end"}` of its scene), `scene_to_caption` (a span -> its
   caption), `relevance` (a query and a span -> `{"score", "reason"}` from the scene scores).
-- SFT2: a query -> its key clips as the SPEC section 4 JSON (`pipeline.prompt.format_clips`); queries without
+- SFT2: a query -> its key clips as the SPEC section 4 JSON (`pipeline.core.prompt.format_clips`); queries without
   any P1/P2 clip are skipped (an empty list is not a valid answer).
 - GRPO: multiple-choice queries (question, options, answer); the reward asks the downstream model.
 
@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.contracts import PeakClipsRecord, TrainingExample
-from pipeline.errors import ConfigError
-from pipeline.io import atomic_write_jsonl
-from pipeline.prompt import format_clips, render_selector_messages
+from data_builder.video import sample_candidates
+from pipeline.core.contracts import PeakClipsRecord, TrainingExample
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import atomic_write_jsonl
+from pipeline.core.prompt import format_clips, render_selector_messages
 
 STAGES = ("sft1", "sft2", "grpo")
 SFT1_TASKS = ("caption_to_scene", "scene_to_caption", "relevance")
@@ -38,8 +39,6 @@ CandidatesFn = Callable[[str, int], tuple[list[int], list[float]]]
 
 
 def default_candidates(path: str, num_candidates: int) -> tuple[list[int], list[float]]:
-    from data_builder.video import sample_candidates
-
     idx, ts = sample_candidates(path, num_candidates)
     return [int(i) for i in idx], [round(float(t), 4) for t in ts]  # float32 stream times, to 0.1 ms
 

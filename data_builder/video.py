@@ -18,7 +18,7 @@ Rotation: decord (>= 0.6) applies the stream's rotation side-data when decoding,
 that was applied, read with OpenCV.
 
 Bad input (a missing file, a file that is not a video, a truncated or zero-frame video, an index past the end)
-raises `pipeline.errors.VideoError` naming the file and the problem.
+raises `pipeline.core.errors.VideoError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.contracts import VideoInfo
-from pipeline.errors import VideoError
+from pipeline.core.contracts import VideoInfo
+from pipeline.core.errors import VideoError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -342,6 +342,35 @@ class VideoReader:
         return [float(self.timestamps_s[i]) for i in self._check_indices(indices)]
 
 
+@dataclass(frozen=True)
+class VideoTimeline:
+    """A video's frame count, rate, duration and the presentation time of every frame.
+
+    What the sampler, the selector's prompt, the reward and the baselines need to turn clips (seconds) into frame
+    indices and back. One object for all of them, read from the stream's index (no decoding).
+    """
+
+    path: str
+    num_frames: int
+    fps: float
+    duration_s: float
+    timestamps_s: tuple[float, ...]
+
+    @classmethod
+    def of(cls, reader: VideoReader) -> VideoTimeline:
+        info = reader.info
+        return cls(str(reader.path), int(info.num_frames), float(info.fps), float(info.duration_s),
+                   tuple(np.asarray(reader.timestamps_s, dtype=np.float64).tolist()))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> VideoTimeline:
+        with VideoReader(path) as reader:
+            return cls.of(reader)
+
+    def times(self, indices: Sequence[int]) -> list[float]:
+        return [self.timestamps_s[i] for i in indices]
+
+
 def uniform_indices(num_frames: int, count: int) -> list[int]:
     """Midpoints of `count` equal segments of `[0, num_frames)`: sorted, unique, `min(count, num_frames)` of them."""
     if num_frames <= 0 or count <= 0:
@@ -506,6 +535,11 @@ class FrameCache:
     def timestamps(self, path: str | os.PathLike[str], indices: Sequence[int], *, max_pixels: int | None = None) -> list[float]:
         with self._lock:
             return self._reader((str(Path(path).resolve()), max_pixels)).times(indices)
+
+    def timeline(self, path: str | os.PathLike[str], *, max_pixels: int | None = None) -> VideoTimeline:
+        """The video's `VideoTimeline`, from the same reader its frames come from."""
+        with self._lock:
+            return VideoTimeline.of(self._reader((str(Path(path).resolve()), max_pixels)))
 
     def images(
         self, path: str | os.PathLike[str], indices: Sequence[int], *, max_pixels: int | None = None

@@ -1,6 +1,9 @@
-"""kframes' core: data contracts, configuration, the selector's prompt and output grammar, the any-k
-sampler, inference, evaluation, stage orchestration, cluster submission and the `kframes` command.
+"""kframes' own packages, in layers (imports go one way, top to bottom; tests/test_layers.py keeps it so):
 
-Everything the training stages, the data builder and the rewards share lives here, so that there is one
-definition of a record, one prompt renderer, one output parser and one sampler.
+- `pipeline.cli`: the `kframes` command;
+- `pipeline.orchestration`: `kframes run`, the select stage, the demo, Slurm submission;
+- `pipeline.evaluation`: benchmark loaders, the evaluation loop, reports;
+- `pipeline.inference`: the trained selector, the baseline frame selectors, the lmms-eval model;
+- then the top-level `stages`, `rewards` and `data_builder` packages;
+- `pipeline.core`: contracts, recipes, the one prompt renderer and output parser, the any-k sampler, models, io.
 """

@@ -13,16 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import RewardSection
-
-
-@dataclass(frozen=True)
-class VideoFacts:
-    path: str
-    num_frames: int
-    fps: float
-    duration_s: float
-    timestamps_s: tuple[float, ...]
+from data_builder.video import FrameCache, VideoTimeline
+from pipeline.core.config import RewardSection
 
 
 @dataclass
@@ -31,7 +23,7 @@ class RewardContext:
     backend: Any | None = None  # a rewards.backends.DownstreamBackend; None: make_backend(cfg.downstream) on first use
     max_videos: int = 16
     _frames: Any | None = field(default=None, repr=False)
-    _facts: OrderedDict[str, VideoFacts] = field(default_factory=OrderedDict, repr=False)
+    _facts: OrderedDict[str, VideoTimeline] = field(default_factory=OrderedDict, repr=False)
 
     def get_backend(self) -> Any:
         if self.backend is None:
@@ -44,19 +36,15 @@ class RewardContext:
     def frames(self) -> Any:
         """The shared `data_builder.video.FrameCache`."""
         if self._frames is None:
-            from data_builder.video import FrameCache
-
             self._frames = FrameCache(max_videos=self.max_videos)
         return self._frames
 
-    def video(self, path: str) -> VideoFacts:
+    def video(self, path: str) -> VideoTimeline:
         """Frame count, fps, duration and timestamps of a video (read once; LRU over `max_videos`)."""
         facts = self._facts.get(path)
         if facts is None:
-            mp = self.cfg.downstream.max_pixels  # the reader the frames come from: opened once per video
-            info = self.frames.info(path, max_pixels=mp)
-            ts = tuple(self.frames.timestamps(path, range(info.num_frames), max_pixels=mp))
-            facts = VideoFacts(path, int(info.num_frames), float(info.fps), float(info.duration_s), ts)
+            # the reader the frames come from: opened once per video
+            facts = self.frames.timeline(path, max_pixels=self.cfg.downstream.max_pixels)
             self._facts[path] = facts
             while len(self._facts) > self.max_videos:
                 self._facts.popitem(last=False)

@@ -1,10 +1,10 @@
 """The downstream log-prob reward (SPEC section 6): do the clips a completion predicts let the frozen MLLM answer?
 
 For each completion of a group:
-1. parse its clips with `pipeline.prompt.parse_clips` (lenient: valid items are kept, the format reward punishes
+1. parse its clips with `pipeline.core.prompt.parse_clips` (lenient: valid items are kept, the format reward punishes
    the rest). Nothing valid: the task reward comes from `k` uniform frames (`reward.unparseable: uniform`) or is
    the fixed `reward.floor` (`unparseable: floor`, no downstream call);
-2. turn the clips into `k` frame indices with the any-k sampler (`pipeline.sampler.sample_frames`, `reward.mode`);
+2. turn the clips into `k` frame indices with the any-k sampler (`pipeline.core.sampler.sample_frames`, `reward.mode`);
 3. decode the frames (all completions of one video in one `FrameCache` call: the group is decoded once) and ask the
    downstream backend for the option letters' log-probs;
 4. reward = tanh((1/tau) * (log p_ans - log mean_{y != ans} p_y)), in (-1, 1): 0 when the answer is no more likely
@@ -21,10 +21,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import DataError
-from pipeline.prompt import parse_clips
+from pipeline.core.errors import DataError
+from pipeline.core.prompt import parse_clips
+from pipeline.core.sampler import sample_frames, uniform_frames
+from rewards.backends import MCQRequest
 from rewards.context import RewardContext, completion_text
-from rewards.registry import register_reward
 
 
 def logprob_reward(logprobs: Sequence[float], answer: int, tau: float) -> float:
@@ -46,8 +47,6 @@ class DownstreamLogprobReward:
 
     def frame_indices(self, text: str, video: str) -> tuple[list[int] | None, bool]:
         """(indices, fell_back) for one completion; indices None means 'use the floor'."""
-        from pipeline.sampler import sample_frames, uniform_frames
-
         cfg = self.ctx.cfg
         facts = self.ctx.video(video)
         parsed = parse_clips(text, facts.duration_s, strict=False)
@@ -79,8 +78,6 @@ class DownstreamLogprobReward:
         log_metric: Any = None,
         **_: Any,
     ) -> list[float]:
-        from rewards.backends import MCQRequest
-
         cfg = self.ctx.cfg
         n = len(completions)
         chosen: list[list[int] | None] = []
@@ -136,6 +133,5 @@ class DownstreamLogprobReward:
         return rewards
 
 
-@register_reward("downstream_logprob")
 def make_downstream_reward(ctx: RewardContext) -> DownstreamLogprobReward:
     return DownstreamLogprobReward(ctx)

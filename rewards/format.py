@@ -1,4 +1,4 @@
-"""The format reward: 1 when the completion is a valid clip list (pipeline.prompt.parse_clips, strict), else 0.
+"""The format reward: 1 when the completion is a valid clip list (pipeline.core.prompt.parse_clips, strict), else 0.
 
 Strict: one bad item (a span past the end, an unknown priority) costs the whole format reward, although the
 downstream reward still uses the valid items. The parser is the one inference uses, so what is rewarded here is
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.prompt import parse_clips
+from pipeline.core.prompt import parse_clips
 from rewards.context import RewardContext, completion_text
-from rewards.registry import register_reward
 
 
 def format_score(text: str, duration_s: float) -> float:
@@ -27,6 +26,5 @@ class FormatReward:
         return [format_score(completion_text(c), self.ctx.video(v).duration_s) for c, v in zip(completions, video)]
 
 
-@register_reward("format")
 def make_format_reward(ctx: RewardContext) -> FormatReward:
     return FormatReward(ctx)

@@ -7,8 +7,8 @@
 TRL's `GRPOTrainer(reward_funcs=...)` and `GRPOConfig(reward_weights=...)`; TRL sums them (total = task reward +
 w_format * format reward, SPEC section 6) and logs each one's mean and std per step as `rewards/<name>/mean`.
 
-A new reward is a module with a factory decorated by `@register_reward("name")`; the factory takes the shared
-`RewardContext` and returns a TRL reward function `(prompts, completions, **columns) -> list[float]`.
+A new reward is a factory in `REWARDS`: it takes the shared `RewardContext` and returns a TRL reward function
+`(prompts, completions, **columns) -> list[float]`.
 """
 
 from __future__ import annotations
@@ -16,37 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import RewardSection
-from pipeline.errors import ConfigError
+from pipeline.core.config import RewardSection
+from pipeline.core.errors import ConfigError
 from rewards.context import RewardContext
+from rewards.downstream import make_downstream_reward
+from rewards.format import make_format_reward
 
 RewardFunc = Callable[..., list[float | None]]
 RewardFactory = Callable[[RewardContext], RewardFunc]
 
-_REGISTRY: dict[str, RewardFactory] = {}
-_BUILTIN_MODULES = ("rewards.format", "rewards.downstream")
-
-
-def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
-    def deco(factory: RewardFactory) -> RewardFactory:
-        if name in _REGISTRY and _REGISTRY[name] is not factory:
-            raise ValueError(f"reward {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_builtins() -> None:
-    import importlib
-
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
+# Reward name (as written in `reward.weights`) -> factory. A new reward is a factory added here.
+REWARDS: dict[str, RewardFactory] = {
+    "format": make_format_reward,
+    "downstream_logprob": make_downstream_reward,
+}
 
 
 def available_rewards() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(REWARDS)
 
 
 def build_rewards(cfg: RewardSection, *, backend: Any | None = None) -> tuple[list[RewardFunc], list[float], RewardContext]:
@@ -54,18 +41,17 @@ def build_rewards(cfg: RewardSection, *, backend: Any | None = None) -> tuple[li
 
     `backend` overrides the downstream backend of `cfg.downstream` (tests pass a stand-in).
     """
-    _load_builtins()
     if not cfg.weights:
         raise ConfigError("reward.weights: empty; name at least one reward, e.g. {downstream_logprob: 1.0}")
-    unknown = [n for n in cfg.weights if n not in _REGISTRY]
+    unknown = [n for n in cfg.weights if n not in REWARDS]
     if unknown:
         raise ConfigError(
-            f"reward.weights: unknown reward(s) {', '.join(map(repr, unknown))}; available: {', '.join(sorted(_REGISTRY))}"
+            f"reward.weights: unknown reward(s) {', '.join(map(repr, unknown))}; available: {', '.join(sorted(REWARDS))}"
         )
     ctx = RewardContext(cfg=cfg, backend=backend)
     funcs = []
     for name in cfg.weights:
-        func = _REGISTRY[name](ctx)
+        func = REWARDS[name](ctx)
         func.__name__ = name  # TRL logs rewards/<__name__>/mean
         funcs.append(func)
     return funcs, [float(w) for w in cfg.weights.values()], ctx

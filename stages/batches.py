@@ -1,7 +1,7 @@
 """From task files to trainer datasets whose frames are decoded when a batch is built.
 
-A task file line (`pipeline.contracts.TrainingExample`) references frames by video path and indices; its
-`messages` are already rendered by `pipeline.prompt.render_selector_messages` with one `{"type": "image"}`
+A task file line (`pipeline.core.contracts.TrainingExample`) references frames by video path and indices; its
+`messages` are already rendered by `pipeline.core.prompt.render_selector_messages` with one `{"type": "image"}`
 placeholder per frame. Storing T=256 decoded frames per example on disk would take terabytes, so the dataset
 keeps only the JSON of each example, and a `datasets` transform (`LazyFrames`) decodes the frames through
 `data_builder.video.FrameCache` when the trainer's data loader asks for a batch. The rows it returns are what
@@ -17,9 +17,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.contracts import ChatTurn, TrainingExample
-from pipeline.errors import DataError
-from pipeline.io import read_jsonl_models
+from data_builder.video import uniform_indices
+from pipeline.core.contracts import ChatTurn, TrainingExample
+from pipeline.core.errors import DataError
+from pipeline.core.io import read_jsonl_models
 
 RowFn = Callable[[TrainingExample, list[Any]], dict[str, Any]]
 
@@ -72,7 +73,6 @@ def limit_frames(example: TrainingExample, num_candidates: int) -> TrainingExamp
     n = len(example.frame_indices)
     if n <= num_candidates:
         return example
-    from data_builder.video import uniform_indices
 
     keep = set(uniform_indices(n, num_candidates))
     messages = []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.io import atomic_write_json
+from pipeline.core.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class CompleteCheckpointCallback(TrainerCallback):
     marker. Works for GRPO and SFT alike: it only looks at `args.output_dir` and `state.global_step`.
     """
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback signature
+    def on_save(self, args, state, control, **kwargs):
         _barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
@@ -101,7 +101,7 @@ class CompleteCheckpointCallback(TrainerCallback):
         return control
 
 
-def restore_weights_with_key_conversion(trainer) -> None:  # noqa: ANN001 - any transformers.Trainer
+def restore_weights_with_key_conversion(trainer) -> None:
     """Make `trainer` restore full-model checkpoints through `from_pretrained`, which renames keys.
 
     Qwen2.5-VL (like other VLMs with a checkpoint conversion mapping) is saved with its original hub key names
@@ -116,7 +116,7 @@ def restore_weights_with_key_conversion(trainer) -> None:  # noqa: ANN001 - any 
 
     original = trainer._load_from_checkpoint
 
-    def load(resume_from_checkpoint: str, model=None):  # noqa: ANN001 - Trainer's signature
+    def load(resume_from_checkpoint: str, model=None):
         target = model if model is not None else trainer.model
         folder = Path(resume_from_checkpoint)
         full_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()

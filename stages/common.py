@@ -8,22 +8,20 @@ every stage:
 - `training_args_kwargs`: the TrainingArguments fields every stage takes from its recipe's `train` section.
 - `find_resume_checkpoint`, `CompleteCheckpointCallback` (stages.checkpoints): resume only from complete checkpoints.
 - `StageManifest`, `write_manifest`, `read_manifest` (stages.manifest): `OUTPUT/final/stage.json`.
-- `run_stage`: the driver (resume or start over, train, evaluate, save `final/` with its manifest).
-- `train_stage`: dispatch by stage name; `kframes train STAGE` and `python -m stages.STAGE` end here.
+- `run_trainer`: the driver (resume or start over, train, evaluate, save `final/` with its manifest).
 
 A stage module `stages.<name>` exposes `train(cfg, *, resume=True, callbacks=()) -> Path` (the `final/` folder),
-usually as a call to `run_stage` with a function that builds its trainer:
+usually as a call to `run_trainer` with a function that builds its trainer:
 
     def train(cfg, *, resume=True, callbacks=()):
         data = {"train": cfg.data.train_file, "eval": cfg.data.eval_file}
         def make_trainer(model, processor, callbacks):
             return GRPOTrainer(model=model, processing_class=processor, callbacks=callbacks, ...)
-        return run_stage("grpo", cfg, make_trainer, data_files=data, resume=resume, callbacks=callbacks)
+        return run_trainer("grpo", cfg, make_trainer, data_files=data, resume=resume, callbacks=callbacks)
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -31,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from stages.checkpoints import (
     COMPLETE_MARKER,
     CompleteCheckpointCallback,
@@ -59,8 +57,7 @@ __all__ = [
     "load_model_and_processor",
     "read_manifest",
     "resolve_model_path",
-    "run_stage",
-    "train_stage",
+    "run_trainer",
     "training_args_kwargs",
     "write_manifest",
 ]
@@ -68,7 +65,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
-STAGE_MODULES = {"sft1": "stages.sft1", "sft2": "stages.sft2", "grpo": "stages.grpo"}
 
 TrainerFactory = Callable[[Any, Any, list[Any]], Any]  # (model, processor, callbacks) -> transformers.Trainer
 
@@ -126,7 +122,7 @@ def training_args_kwargs(cfg: Any) -> dict[str, Any]:
         "report_to": list(t.report_to) or "none",
         "deepspeed": cfg.deepspeed,
         "remove_unused_columns": False,
-        "eval_strategy": "no",  # evaluated once at the end (run_stage): eval on a video model costs GPU-hours
+        "eval_strategy": "no",  # evaluated once at the end (run_trainer): eval on a video model costs GPU-hours
         **({"ddp_backend": "gloo"} if cpu_multiprocess() else {}),
     }
 
@@ -197,7 +193,7 @@ def save_final(trainer: Any, processor: Any, cfg: Any, manifest: StageManifest, 
     return final
 
 
-def run_stage(
+def run_trainer(
     stage: str,
     cfg: Any,
     make_trainer: TrainerFactory,
@@ -270,16 +266,3 @@ def run_stage(
         versions=library_versions(),
     )
     return save_final(trainer, processor, cfg, manifest, started_from=started_from)
-
-
-def train_stage(stage: str, cfg: Any, *, resume: bool = True, callbacks: Sequence[Any] = ()) -> Path:
-    """Train `stage` ("sft1", "sft2" or "grpo") with its config; returns `<output_dir>/final`."""
-    if stage not in STAGE_MODULES:
-        raise ConfigError(f"unknown training stage {stage!r}; expected one of {', '.join(STAGE_MODULES)}")
-    try:
-        module = importlib.import_module(STAGE_MODULES[stage])
-    except ModuleNotFoundError as exc:
-        if exc.name == STAGE_MODULES[stage]:
-            raise ConfigError(f"stage {stage!r}: {STAGE_MODULES[stage]} is not available in this checkout") from None
-        raise
-    return module.train(cfg, resume=resume, callbacks=callbacks)

@@ -2,7 +2,7 @@
 
 TRL's GRPOTrainer does the RL; this recipe says what it trains on and how it is scored:
 - data: the `grpo.mcq` task file (data_builder tasks). Each row is the selector's prompt (the T candidate frames
-  after their timestamps, the question and its options; pipeline.prompt.render_selector_messages) with the frames
+  after their timestamps, the question and its options; pipeline.core.prompt.render_selector_messages) with the frames
   decoded when the batch is built (stages.batches), plus the `video`, `question`, `options` and `answer` columns
   that TRL hands to the reward functions;
 - rewards: by name with weights from `reward.weights` (rewards.registry): the downstream log-prob reward
@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import GRPOConfig
-from pipeline.contracts import TrainingExample
-from pipeline.errors import ConfigError, DataError
+from pipeline.core.config import GRPOConfig
+from pipeline.core.contracts import TrainingExample
+from pipeline.core.errors import ConfigError, DataError
+from rewards.registry import build_rewards
 from stages.batches import build_dataset, load_examples
-from stages.common import run_stage, training_args_kwargs
+from stages.common import run_trainer, training_args_kwargs
 
 TASK_PREFIX = "grpo."
 
@@ -84,8 +85,6 @@ def train(
     cfg: GRPOConfig, *, resume: bool = True, callbacks: Sequence[Any] = (), backend: Any | None = None
 ) -> Path:
     """Train GRPO and return `<output_dir>/final`. `backend` replaces the configured downstream model (tests)."""
-    from rewards.registry import build_rewards
-
     train_examples = load_grpo_examples(cfg.data.train_file)
     eval_examples = load_grpo_examples(cfg.data.eval_file) if cfg.data.eval_file else None
     f = cfg.frames
@@ -108,7 +107,7 @@ def train(
             callbacks=all_callbacks,
         )
 
-    return run_stage(
+    return run_trainer(
         "grpo",
         cfg,
         make_trainer,
@@ -122,6 +121,6 @@ def train(
 __all__ = ["grpo_row", "load_grpo_examples", "grpo_args", "train"]
 
 if __name__ == "__main__":
-    from stages.commands import stage_main
+    from stages.launch import main
 
-    sys.exit(stage_main("grpo"))
+    sys.exit(main("grpo", train))

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.errors import DataError
-from pipeline.io import atomic_write_json
+from pipeline.core.errors import DataError
+from pipeline.core.io import atomic_write_json
 
 MANIFEST_NAME = "stage.json"
 

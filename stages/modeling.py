@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.core.models import resolve_model
 from stages.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -49,15 +50,8 @@ def resolve_model_path(name_or_path: str, init_from: str | None) -> str:
                 "run the previous stage first"
             )
         return str(final)
-    from pipeline.tiny_model import resolve_model_name
 
-    return resolve_model_name(name_or_path)
-
-
-def base_model_of(path: str) -> str:
-    """The pretrained model at the root of a curriculum: follows manifests back through init_from chains."""
-    manifest = read_manifest(path) if Path(path).is_dir() else None
-    return manifest.base_model if manifest is not None else path
+    return resolve_model(name_or_path)
 
 
 def _torch_dtype(name: str):

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import SFTConfig
+from pipeline.core.config import SFTConfig
 from stages.batches import dataset_from_file
-from stages.common import run_stage, training_args_kwargs
+from stages.common import run_trainer, training_args_kwargs
 
 # Which task names each SFT stage trains on (TrainingExample.task prefixes).
 STAGE_TASKS = {"sft1": "sft1.", "sft2": "sft2."}
@@ -57,7 +57,7 @@ def train(cfg: SFTConfig, *, resume: bool = True, callbacks: Sequence[Any] = ())
     def make_trainer(model, processor, all_callbacks):
         return build_trainer(cfg, model, processor, train_ds, eval_ds, all_callbacks)
 
-    return run_stage(
+    return run_trainer(
         cfg.stage,
         cfg,
         make_trainer,

@@ -16,6 +16,6 @@ from stages.sft import train
 __all__ = ["train"]
 
 if __name__ == "__main__":
-    from stages.commands import stage_main
+    from stages.launch import main
 
-    sys.exit(stage_main("sft1"))
+    sys.exit(main("sft1", train))

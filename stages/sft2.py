@@ -16,6 +16,6 @@ from stages.sft import train
 __all__ = ["train"]
 
 if __name__ == "__main__":
-    from stages.commands import stage_main
+    from stages.launch import main
 
-    sys.exit(stage_main("sft2"))
+    sys.exit(main("sft2", train))

@@ -27,7 +27,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """A tiny Qwen2.5-VL with processor, built locally once (cached under $KFRAMES_CACHE)."""
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.core.models import build_tiny_model
 
     cache = os.environ.get("KFRAMES_CACHE") or str(ROOT / ".cache" / "kframes")
     return build_tiny_model(cache)

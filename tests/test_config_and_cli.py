@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import STAGE_CONFIGS, load_stage_config
-from pipeline.errors import ConfigError
+from pipeline.cli.main import main
+from pipeline.core.config import STAGE_CONFIGS, load_stage_config
+from pipeline.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

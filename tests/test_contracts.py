@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pipeline.contracts import (
+from pipeline.core.contracts import (
     KeyClip,
     PeakClipsRecord,
     Query,
@@ -17,7 +17,7 @@ from pipeline.contracts import (
     TrainingExample,
     VideoInfo,
 )
-from pipeline.io import atomic_write_jsonl, read_jsonl_models
+from pipeline.core.io import atomic_write_jsonl, read_jsonl_models
 
 VIDEO = VideoInfo(video_id="v1", path="/data/v1.mp4", fps=25.0, num_frames=250, duration_s=10.0, width=320, height=240)
 

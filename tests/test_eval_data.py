@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.eval_data import answer_index, load_questions, strip_letter, write_questions_jsonl
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
+from pipeline.evaluation.benchmarks import answer_index, load_questions, strip_letter, write_questions_jsonl
 
 
 def test_nextqa_real_val_csv(shared_data: Path) -> None:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from oracle_downstream import QUESTION, SHAPE_OPTIONS, ColourOracle, red_last_video
-from pipeline.config import (
+
+from pipeline.core.config import (
     DownstreamSection,
     FramesSection,
     GRPOConfig,
@@ -38,9 +38,9 @@ from pipeline.config import (
     TaskFilesSection,
     TrainSection,
 )
-from pipeline.contracts import TrainingExample
-from pipeline.io import atomic_write_jsonl
-from pipeline.prompt import render_selector_messages
+from pipeline.core.contracts import TrainingExample
+from pipeline.core.io import atomic_write_jsonl
+from pipeline.core.prompt import render_selector_messages
 
 pytestmark = pytest.mark.slow
 
@@ -253,8 +253,8 @@ def test_grpo_resumes_from_its_last_complete_checkpoint(task: _Task, sft2_dir: P
 
 
 def test_grpo_task_file_and_recipe_errors_are_clear(task: _Task, tmp_path: Path) -> None:
-    from pipeline.config import load_stage_config
-    from pipeline.errors import ConfigError, DataError
+    from pipeline.core.config import load_stage_config
+    from pipeline.core.errors import ConfigError, DataError
     from stages.grpo import grpo_args, load_grpo_examples
 
     bad = task.examples[0].model_copy(update={"options": ["triangle"], "answer": 0})

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from data_builder.llm import CachedBackend, LLMRequest, OpenAIBackend, TransformersBackend, make_llm
-from pipeline.config import LLMSection
-from pipeline.errors import BackendError, ConfigError
+from pipeline.core.config import LLMSection
+from pipeline.core.errors import BackendError, ConfigError
 
 SECRET = "sk-test-0123456789-secret"
 

@@ -47,18 +47,8 @@ class _Instance:
         self.args = args
 
 
-@pytest.fixture
-def video_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        import data_builder.video  # noqa: F401
-    except ImportError:  # engineer A's module not in the tree yet: the stand-in from test_eval
-        from tests.test_eval import _standin_video_module
-
-        monkeypatch.setitem(sys.modules, "data_builder.video", _standin_video_module())
-
-
-def test_generate_and_loglikelihood_on_a_real_video(shared_data: Path, tiny_model_dir: Path, video_module: None) -> None:
-    from pipeline.lmms_eval_model import KFramesQwen2_5_VL
+def test_generate_and_loglikelihood_on_a_real_video(shared_data: Path, tiny_model_dir: Path) -> None:
+    from pipeline.inference.lmms_eval_model import KFramesQwen2_5_VL
 
     lm = KFramesQwen2_5_VL(pretrained=str(tiny_model_dir), selector="uniform", k=4, device="cpu", dtype="float32",
                            max_new_tokens=3)
@@ -84,7 +74,7 @@ def test_generate_and_loglikelihood_on_a_real_video(shared_data: Path, tiny_mode
 
 
 def test_unknown_model_args_are_rejected(tiny_model_dir: Path) -> None:
-    from pipeline.lmms_eval_model import KFramesQwen2_5_VL
+    from pipeline.inference.lmms_eval_model import KFramesQwen2_5_VL
 
     with pytest.raises(ValueError, match=r"unknown model_args \['max_frames'\]"):
         KFramesQwen2_5_VL(pretrained=str(tiny_model_dir), device="cpu", max_frames=8)

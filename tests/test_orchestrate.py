@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import orchestrate
-from pipeline.errors import ConfigError
-from pipeline.orchestrate import decide, load_pipeline, run_pipeline
+from pipeline.core.errors import ConfigError
+from pipeline.orchestration import orchestrate
+from pipeline.orchestration.orchestrate import decide, load_pipeline, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def test_force_from_and_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_cli_status_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     assert main(["run", "--config", str(ROOT / "configs/pipeline/tiny.yaml"), "--set", f"output_dir={tmp_path}",
                  "--status"]) == 0
@@ -189,3 +189,52 @@ def test_cli_status_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture
     bad.write_text("stage: pipeline\nstages: {data: nope.yaml, sft1: a, sft2: b, grpo: c}\n")
     assert main(["run", "--config", str(bad)]) == 2
     assert "stages.data: recipe nope.yaml not found" in capsys.readouterr().err
+
+
+def test_stage_adapters_run_the_real_stage_code(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    """The data, select and eval adapters for real on the tiny pipeline (sample videos, the tiny model); the
+    training adapter with the trainer replaced, checking what it hands to it and what it reports."""
+    import shutil
+
+    import stages.registry
+    from stages.manifest import StageManifest, config_hash, write_manifest
+    from stages.preemption import PreemptionCallback
+
+    monkeypatch.setenv("KFRAMES_CACHE", str(tiny_model_dir.parent))
+    plan = _plan(tmp_path)
+
+    outputs, summary = orchestrate._run_data(plan, fresh=True)
+    assert Path(outputs["peakclips"]).is_file() and summary["tasks/sft2.train"] > 0
+    assert plan.tasks_file("grpo", "train").is_file()
+
+    handed: list[tuple] = []
+
+    def fake_train(stage, cfg, *, resume, callbacks):
+        handed.append((stage, cfg.output_dir, resume, [type(c) for c in callbacks]))
+        final = Path(cfg.output_dir) / "final"
+        shutil.copytree(tiny_model_dir, final, dirs_exist_ok=True)
+        config = cfg.model_dump(mode="json")
+        write_manifest(final, StageManifest(stage=stage, started_from="tiny", base_model="tiny", config=config,
+                                            config_hash=config_hash(config), data_fingerprint="x", global_step=3,
+                                            metrics={"train_loss": 1.5, "eval_runtime": 2.0}))
+        return final
+
+    monkeypatch.setattr(stages.registry, "train_stage", fake_train)
+    outputs, summary = orchestrate._run_train(plan, "grpo", fresh=True)
+    assert handed == [("grpo", str(plan.stage_dir("grpo")), False, [PreemptionCallback])]
+    assert outputs == {"final": str(plan.stage_dir("grpo") / "final")}
+    assert summary == {"global_step": 3, "train_loss": 1.5}
+
+    outputs, summary = orchestrate._run_select(plan, fresh=True)
+    questions = [line for line in plan.questions_file.read_text().splitlines() if line.strip()]
+    assert summary["questions"] == len(questions) > 0 and 0 <= summary["fallback_rate"] <= 1
+    assert Path(outputs["selections"]).is_file()
+
+    outputs, summary = orchestrate._run_eval(plan, fresh=True)
+    assert Path(outputs["summary"]).is_file() and Path(outputs["report"]).is_file()
+    assert set(summary) == {f"accuracy/{s}/k{k}" for s in ("uniform", "kframes-auto") for k in (2, 4)}
+
+
+def test_a_recipe_in_another_stages_slot_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sft2.yaml: stage: this file is for stage 'sft2', not 'sft1'"):
+        _plan(tmp_path, "stages.sft1=configs/tiny/sft2.yaml")

@@ -16,11 +16,11 @@ from data_builder.clips import clips_from_scores, is_sparse_enough, keyframe_spa
 from data_builder.llm import LLMRequest
 from data_builder.relevance import LexicalScorer, LLMScorer, VideoContext, bm25, fuse, parse_score
 from data_builder.tasks import split_videos
-from pipeline.commands_basic import validate_file
-from pipeline.config import DataConfig
-from pipeline.contracts import Chapter, PeakClipsRecord, Query, Scene, SceneCaption, SceneScore, TrainingExample
-from pipeline.io import read_jsonl, read_jsonl_models
-from pipeline.prompt import format_clips, parse_clips
+from pipeline.cli.basic import validate_file
+from pipeline.core.config import DataConfig
+from pipeline.core.contracts import Chapter, PeakClipsRecord, Query, Scene, SceneCaption, SceneScore, TrainingExample
+from pipeline.core.io import read_jsonl, read_jsonl_models
+from pipeline.core.prompt import format_clips, parse_clips
 
 
 def _scenes(bounds: Sequence[float], fps: float = 10.0) -> list[Scene]:
@@ -137,7 +137,7 @@ def test_similarity_fusion_formula():
 
 
 def test_similarity_refiner_with_a_tiny_clip(tmp_path):
-    from data_builder.relevance import SimilarityRefiner, ScoringResult
+    from data_builder.relevance import ScoringResult, SimilarityRefiner
     from data_builder.synthetic import make_sample_videos
     from data_builder.video import FrameCache
 
@@ -353,7 +353,7 @@ def test_build_on_real_videos_with_the_tiny_model_resumes_after_an_interrupt(
 
 
 def test_cli_data_tasks_and_bad_inputs(tmp_path, capsys):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     rec = PeakClipsRecord.model_validate(
         {
@@ -384,7 +384,7 @@ def test_embedding_scorer_with_a_tiny_local_sentence_transformer(tmp_path):
     from transformers import BertConfig, BertModel
 
     from data_builder.relevance import EmbeddingScorer
-    from pipeline.tiny_model import TINY_RECIPE, _build_tokenizer
+    from pipeline.core.models import TINY_RECIPE, _build_tokenizer
 
     tok = _build_tokenizer(TINY_RECIPE)
     torch.manual_seed(0)
@@ -405,7 +405,7 @@ def test_embedding_scorer_with_a_tiny_local_sentence_transformer(tmp_path):
 def test_user_queries_and_imported_captions_errors_name_the_line(tmp_path):
     from data_builder.captions import apply_imported, import_captions
     from data_builder.queries import load_user_queries
-    from pipeline.errors import DataError
+    from pipeline.core.errors import DataError
 
     qf = tmp_path / "q.jsonl"
     qf.write_text('{"video_id": "v", "text": "Who runs?"}\n\n{"video_id": "v", "text": "Which?", "options": ["a", "b"], "answer": 2}\n')

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.contracts import KeyClip
-from pipeline.prompt import format_clips, parse_clips, render_selector_messages
+from pipeline.core.contracts import KeyClip
+from pipeline.core.prompt import format_clips, parse_clips, render_selector_messages
 
 DURATION = 120.0
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
-
 from oracle_downstream import QUESTION, SHAPE_OPTIONS, ColourOracle, red_last_video
-from pipeline.config import DownstreamSection, RewardSection
-from pipeline.errors import BackendError, ConfigError
+from PIL import Image
+from vllm_loopback import LoopbackVLLM
+
+from pipeline.core.config import DownstreamSection, RewardSection
+from pipeline.core.errors import BackendError, ConfigError
 from rewards.backends import MCQRequest, make_backend, render_mcq_messages
 from rewards.downstream import logprob_reward
 from rewards.registry import available_rewards, build_rewards
-from vllm_loopback import LoopbackVLLM
 
 RED_CLIP = '[{"start": 4.0, "end": 6.0, "priority": "P1", "reason": "the red scene"}]'
 GREEN_CLIP = '[{"start": 0.0, "end": 2.0, "priority": "P1", "reason": "the first scene"}]'

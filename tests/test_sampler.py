@@ -1,4 +1,4 @@
-"""The any-k sampler: property tests over random clips, videos and k (issue 5 item 3), and hand-worked
+"""The any-k sampler: property tests over random clips, videos and k, and hand-worked
 allocations that pin down every rule of SPEC section 5."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.contracts import KeyClip
-from pipeline.errors import KframesError
-from pipeline.sampler import MODES, SamplerError, hfs_greedy, sample_frames, uniform_frames
+from pipeline.core.contracts import KeyClip
+from pipeline.core.errors import KframesError
+from pipeline.core.sampler import MODES, SamplerError, SamplerParams, hfs_greedy, sample_frames, uniform_frames
 
 
 def clip(start: float, end: float, priority: str = "P1") -> KeyClip:
@@ -270,7 +270,7 @@ def test_set_mode_prefers_clip_frames_but_spreads_them() -> None:
     assert res.mode == "set" and not res.fallback
     assert res.indices == [100, 112, 125]  # the redundancy term spreads them over the clip
     # without redundancy the objective is relevance + coverage only: all frames in the clip
-    dense = sample_frames([clip(100, 125.6)], 256, 1.0, 8, "set", l_red=0.0)
+    dense = sample_frames([clip(100, 125.6)], 256, 1.0, 8, "set", params=SamplerParams(l_red=0.0))
     assert all(100 <= i < 126 for i in dense.indices)
     # with it, once the clip is covered, further frames are worth more elsewhere in the video
     spread = sample_frames([clip(100, 125.6)], 256, 1.0, 8, "set")
@@ -281,7 +281,7 @@ def test_set_mode_blends_similarity_scores() -> None:
     sims = np.zeros(256)
     sims[200:210] = 1.0  # the similarity model sees the evidence elsewhere
     base = sample_frames([clip(100, 125.6, "P2")], 256, 1.0, 2, "set")
-    blended = sample_frames([clip(100, 125.6, "P2")], 256, 1.0, 2, "set", frame_scores=sims, sim_weight=0.9)
+    blended = sample_frames([clip(100, 125.6, "P2")], 256, 1.0, 2, "set", frame_scores=sims, params=SamplerParams(sim_weight=0.9))
     assert not any(200 <= i < 210 for i in base.indices)
     assert any(200 <= i < 210 for i in blended.indices)
     as_map = sample_frames(
@@ -291,13 +291,13 @@ def test_set_mode_blends_similarity_scores() -> None:
         2,
         "set",
         frame_scores={i: float(v) for i, v in enumerate(sims)},
-        sim_weight=0.9,
+        params=SamplerParams(sim_weight=0.9),
     )
     assert as_map.indices == blended.indices
 
 
 def test_soft_budget_is_kvtp_softmax_over_the_chosen_frames() -> None:
-    res = sample_frames(TWO, 1000, 10.0, 8, "soft", alpha=0.3, temperature=0.5)
+    res = sample_frames(TWO, 1000, 10.0, 8, "soft", params=SamplerParams(alpha=0.3, temperature=0.5))
     assert res.indices == sample_frames(TWO, 1000, 10.0, 8, "hybrid").indices
     # scores: P1 frames 1.0, P2 frames 0.5, background 0.05 -> r_i = 0.3 * 8 * softmax(s / 0.5)
     s = np.array([1.0, 1.0, 0.05, 0.5, 0.5, 0.5, 0.5, 0.05])

@@ -18,9 +18,9 @@ from data_builder.scenes import (
 )
 from data_builder.synthetic import COLORS, SyntheticScene, make_sample_videos, write_scene_video
 from data_builder.video import VideoReader, iter_luma_batches
-from pipeline.cli import main
-from pipeline.config import ScenesSection
-from pipeline.contracts import VideoScenes
+from pipeline.cli.main import main
+from pipeline.core.config import ScenesSection
+from pipeline.core.contracts import VideoScenes
 
 
 def _truth(shared: Path) -> dict:

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.contracts import KeyClip
+from pipeline.cli.main import main
+from pipeline.core.contracts import KeyClip
 
 CLIP_ANSWER = 'Sure.\n```json\n[{"start": 2.0, "end": 4.0, "priority": "P1", "reason": "a bike"}]\n```'
 
 
 @pytest.fixture(scope="module")
 def selector(tiny_model_dir: Path):
-    from pipeline.select import Selector
+    from pipeline.inference.selector import Selector
 
     return Selector.from_pretrained(tiny_model_dir, num_candidates=8)
 
@@ -45,7 +45,7 @@ def _script(selector, monkeypatch, answer: str) -> list[dict]:
 def test_predict_shows_the_model_t_frames_after_their_timestamps_and_parses_its_answer(
     selector, bikes, monkeypatch
 ) -> None:
-    from pipeline.select import select_frames
+    from pipeline.inference.selector import select_frames
 
     seen = _script(selector, monkeypatch, CLIP_ANSWER)
     res = select_frames(selector, bikes, "when does the bike pass?", 4, "focused", options=["early", "late"])
@@ -66,7 +66,7 @@ def test_predict_shows_the_model_t_frames_after_their_timestamps_and_parses_its_
 
 
 def test_unparseable_output_falls_back_to_uniform_frames_and_says_why(selector, bikes, monkeypatch) -> None:
-    from pipeline.select import select_frames
+    from pipeline.inference.selector import select_frames
 
     _script(selector, monkeypatch, "I am not sure what happens.")
     res = select_frames(selector, bikes, "what happens?", 6, "hybrid")
@@ -76,7 +76,7 @@ def test_unparseable_output_falls_back_to_uniform_frames_and_says_why(selector, 
 
 
 def test_one_prediction_serves_every_k_and_mode(selector, bikes, monkeypatch) -> None:
-    from pipeline.select import selection_from_prediction
+    from pipeline.inference.selector import selection_from_prediction
 
     _script(selector, monkeypatch, CLIP_ANSWER)
     pred = selector.predict(bikes, "when does the bike pass?")
@@ -89,7 +89,7 @@ def test_one_prediction_serves_every_k_and_mode(selector, bikes, monkeypatch) ->
 
 def test_real_tiny_model_generation_runs_end_to_end(selector, bikes) -> None:
     """No script: the random-weight model writes whatever it writes; the result must still be k valid frames."""
-    from pipeline.select import select_frames
+    from pipeline.inference.selector import select_frames
 
     res = select_frames(selector, bikes, "when does the bike pass?", 8, max_new_tokens=16)
     assert len(res.indices) == 8 and res.fallback == (not res.clips)
@@ -99,7 +99,7 @@ def test_real_tiny_model_generation_runs_end_to_end(selector, bikes) -> None:
 def test_contact_sheet_draws_every_frame_with_its_priority(tmp_path: Path) -> None:
     from PIL import Image
 
-    from pipeline.contact_sheet import COLOURS, render_contact_sheet, write_contact_sheet
+    from pipeline.inference.contact_sheet import COLOURS, render_contact_sheet, write_contact_sheet
 
     images = [Image.new("RGB", (64, 48), (0, 0, 255)) for _ in range(5)]
     clips = [KeyClip(start_s=1.0, end_s=2.0, priority="P1"), KeyClip(start_s=3.0, end_s=4.0, priority="P2")]
@@ -209,7 +209,7 @@ def test_kframes_select_one_video_with_sheet(
 def test_kframes_select_batch_is_resumable(
     tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    import pipeline.commands_select as cs
+    import pipeline.cli.select as cs
 
     batch = tmp_path / "batch.jsonl"
     lines = [

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.slurm import render_script, stage_resources, submit, wait_http
+from pipeline.orchestration.slurm import render_script, stage_resources, submit, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_training_script_has_resources_launch_requeue_and_signal(tmp_path: Path)
     assert "-m accelerate.commands.launch --config_file " + str(ROOT / "configs/accelerate/zero2.yaml") in text
     assert "--num_machines 2 --num_processes 16" in text and '--machine_rank "$SLURM_NODEID"' in text
     assert '--main_process_ip "$MAIN_NODE"' in text
-    assert "-m pipeline.cli run --config " + str(ROOT / "configs/pipeline/qwen2_5_vl_3b.yaml") + " --only sft1" in text
+    assert "-m pipeline.cli.main run --config " + str(ROOT / "configs/pipeline/qwen2_5_vl_3b.yaml") + " --only sft1" in text
     # preemption: trap -> request file -> wait for the step -> requeue
     assert "trap 'on_signal USR1' USR1" in text and "trap 'on_signal TERM' TERM" in text
     assert 'touch "$KFRAMES_PREEMPT_FILE"' in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
@@ -70,7 +70,7 @@ def test_per_stage_resources_and_cpu_stages(tmp_path: Path) -> None:
     data = scripts["data"]
     assert "#SBATCH --nodes=1" in data and "--gres" not in data and "accelerate" not in data
     assert "#SBATCH --time=48:00:00" in data and "#SBATCH --cpus-per-task=32" in data
-    assert "-m pipeline.cli run --config" in data and "--only data" in data
+    assert "-m pipeline.cli.main run --config" in data and "--only data" in data
     assert "#SBATCH --gres=gpu:1" in scripts["eval"]
     for text in scripts.values():
         subprocess.run(["bash", "-n"], input=text, text=True, check=True)
@@ -110,7 +110,7 @@ def test_all_chains_jobs_with_afterok(tmp_path: Path) -> None:
 
 
 def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
-    from pipeline.slurm import SubmitError
+    from pipeline.orchestration.slurm import SubmitError
 
     fake = tmp_path / "sbatch"
     fake.write_text('#!/bin/bash\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
@@ -122,14 +122,14 @@ def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_step_placement_needs_gpus_left_for_the_trainer(tmp_path: Path) -> None:
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="leave none of the node's 8"):
         _scripts(tmp_path, "grpo", vllm={"placement": "step", "gpus": 8})
 
 
 def test_resources_fall_back_to_the_profile(tmp_path: Path) -> None:
-    from pipeline.slurm import load_profile
+    from pipeline.orchestration.slurm import load_profile
 
     profile = load_profile(str(_profile(tmp_path)))
     assert stage_resources(profile, "sft2").nodes == 2 and stage_resources(profile, "grpo").nodes == 1
@@ -174,8 +174,8 @@ def test_preemption_request_saves_a_complete_checkpoint_then_resume_finishes(tmp
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from pipeline.preemption import EXIT_PREEMPTED, Preempted, PreemptionCallback
     from stages.checkpoints import CompleteCheckpointCallback, find_resume_checkpoint
+    from stages.preemption import EXIT_PREEMPTED, Preempted, PreemptionCallback
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -218,7 +218,7 @@ def test_signal_sets_the_request(tmp_path: Path) -> None:
     import os
     import signal
 
-    from pipeline.preemption import PreemptionCallback
+    from stages.preemption import PreemptionCallback
 
     old = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
     try:
@@ -232,7 +232,7 @@ def test_signal_sets_the_request(tmp_path: Path) -> None:
 
 
 def test_dry_run_cli_prints_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     assert main(["submit", "all", "--profile", str(_profile(tmp_path)), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -242,8 +242,8 @@ def test_dry_run_cli_prints_scripts(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_render_is_deterministic_apart_from_the_date(tmp_path: Path) -> None:
-    from pipeline.orchestrate import load_pipeline
-    from pipeline.slurm import load_profile
+    from pipeline.orchestration.orchestrate import load_pipeline
+    from pipeline.orchestration.slurm import load_profile
 
     profile = load_profile(str(_profile(tmp_path)))
     plan = load_pipeline(profile.pipeline)

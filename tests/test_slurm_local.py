@@ -105,7 +105,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, slurm: dict[str, str]) -> di
 
 def _submit(stage: str, setup: dict[str, Path], env: dict[str, str]) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", stage, "--profile", str(setup["profile"])],
+        [sys.executable, "-m", "pipeline.cli.main", "submit", stage, "--profile", str(setup["profile"])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -113,7 +113,7 @@ def _submit(stage: str, setup: dict[str, Path], env: dict[str, str]) -> str:
 
 
 def test_first_stage_runs_as_a_slurm_job(setup: dict[str, Path], slurm: dict[str, str]) -> None:
-    from pipeline.orchestrate import load_pipeline
+    from pipeline.orchestration.orchestrate import load_pipeline
 
     job = _submit("data", setup, slurm)
     info = _wait(job, slurm, until={"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"})
@@ -131,7 +131,7 @@ def test_first_stage_runs_as_a_slurm_job(setup: dict[str, Path], slurm: dict[str
 def test_time_limit_warning_checkpoints_requeues_and_resumes(setup: dict[str, Path], slurm: dict[str, str]) -> None:
     """USR1 to the batch shell (what --signal=B:USR1@120 sends before the time limit): the trainer saves a
     complete checkpoint and stops, the script requeues the job, and the restarted job resumes and finishes."""
-    from pipeline.orchestrate import load_pipeline
+    from pipeline.orchestration.orchestrate import load_pipeline
     from stages.manifest import read_manifest
 
     plan = load_pipeline(str(setup["tmp"] / "pipeline.yaml"))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.prompt import render_selector_messages
+from pipeline.core.prompt import render_selector_messages
 
 
 def test_tiny_model_loads_and_runs_forward_with_two_images(tiny_model_dir):

@@ -19,7 +19,7 @@ from data_builder.synthetic import (
     write_scene_video,
 )
 from data_builder.video import FrameCache, VideoReader, read_video_info, sample_candidates, uniform_indices
-from pipeline.errors import VideoError
+from pipeline.core.errors import VideoError
 
 cv2 = pytest.importorskip("cv2")
 

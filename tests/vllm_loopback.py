@@ -109,13 +109,13 @@ class LoopbackVLLM:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/health":
                     self._send(200, {})
                 else:
                     self._send(404, {"error": f"no route {self.path}"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path == "/tokenize":
                     ids = outer.backend.processor.tokenizer.encode(body["prompt"], add_special_tokens=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.bench_sft import main  # noqa: E402
+from benchmarks.bench_sft import main
 
 if __name__ == "__main__":
     import torch

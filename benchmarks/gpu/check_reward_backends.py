@@ -116,7 +116,7 @@ def main() -> int:
     dlp = [abs(x - y) for la, lb in zip(a, b) for x, y in zip(la, lb)]
     dr = [abs(logprob_reward(la, ans, 1.0) - logprob_reward(lb, ans, 1.0)) for la, lb, ans in zip(a, b, answers)]
     argmax = [max(range(len(la)), key=la.__getitem__) == max(range(len(lb)), key=lb.__getitem__) for la, lb in zip(a, b)]
-    acc = lambda ls: sum(max(range(len(x)), key=x.__getitem__) == ans for x, ans in zip(ls, answers)) / len(ls)  # noqa: E731
+    acc = lambda ls: sum(max(range(len(x)), key=x.__getitem__) == ans for x, ans in zip(ls, answers)) / len(ls)
     result = {
         "model": args.model, "vllm_written_for": VLLM_VERSION, "questions": len(reqs), "k": args.k,
         "max_abs_dlogp": max(dlp), "mean_abs_dlogp": sum(dlp) / len(dlp), "max_abs_dreward": max(dr),

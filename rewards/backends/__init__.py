@@ -5,13 +5,14 @@
 
 Both render the question with `render_mcq_messages` and return log-probs normalised over the option letters, so
 they give the same number for the same model and input. The GRPO reward (rewards.downstream) and the evaluation
-(pipeline.evaluate) get theirs from `make_backend(cfg.downstream)`.
+(pipeline.evaluation.evaluate) get theirs from `make_backend(cfg.downstream)`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.core.errors import ConfigError
 from rewards.backends.base import DownstreamBackend, MCQRequest, normalise_over_options, option_letters
 from rewards.backends.prompt import ANSWER_INSTRUCTION, render_mcq_messages
 
@@ -27,9 +28,7 @@ __all__ = [
 
 
 def make_backend(cfg: Any) -> DownstreamBackend:
-    """The backend a `pipeline.config.DownstreamSection` asks for (loads the model or checks the URL)."""
-    from pipeline.errors import ConfigError
-
+    """The backend a `pipeline.core.config.DownstreamSection` asks for (loads the model or checks the URL)."""
     if cfg.backend == "transformers":
         from rewards.backends.transformers_backend import TransformersBackend
 

@@ -3,7 +3,7 @@
 Both backends send exactly these messages (the transformers backend through the processor's chat template, the
 vLLM backend as OpenAI messages that the server renders with the same model's chat template), so the tokens the
 downstream model sees do not depend on the backend. Frames come in time order, each after its timestamp in the
-same `<t=12.4s>` form as the selector's prompt (pipeline.prompt.format_timestamp), then the question, the
+same `<t=12.4s>` form as the selector's prompt (pipeline.core.prompt.format_timestamp), then the question, the
 lettered options and the usual instruction to answer with the letter, as in lmms-eval's MLVU/Video-MME prompts.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.prompt import format_timestamp
+from pipeline.core.prompt import format_timestamp
 from rewards.backends.base import option_letters
 
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."

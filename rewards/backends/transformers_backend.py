@@ -12,9 +12,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import BackendError, ConfigError
+from pipeline.core.errors import BackendError, ConfigError
+from pipeline.core.models import resolve_model
 from rewards.backends.base import MCQRequest, normalise_over_options, option_letters
-from pipeline.tiny_model import resolve_model_name
 from rewards.backends.prompt import render_mcq_messages
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = resolve_model_name(model)
+        path = resolve_model(model)
         self.device, self.dtype = _device_and_dtype(device, dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(path)

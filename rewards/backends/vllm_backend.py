@@ -40,8 +40,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.errors import BackendError, ConfigError
-from pipeline.retry import RetryableError, with_retries
+from pipeline.core.errors import BackendError, ConfigError
+from pipeline.core.retry import RetryableError, with_retries
 from rewards.backends.base import MCQRequest, normalise_over_options, option_letters
 from rewards.backends.prompt import render_mcq_messages
 

@@ -1,0 +1,131 @@
+"""The whole curriculum (`configs/pipeline/*.yaml`, `kframes run`) and the Slurm profile (`kframes submit`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.core.config.base import RecipeStage, SamplerMode, Section, Stage
+
+
+class SamplesSection(Section):
+    """Synthetic sample videos made before the data stage (data_builder.synthetic): the demo and the tests.
+
+    Each video is a run of distinct scenes (a coloured shape each) with captions and multiple-choice queries
+    whose answer is visible in exactly one scene, so a selector's frames can be scored against the truth.
+    `heldout_videos` never reach the data stage: the select and eval stages ask their queries.
+    """
+
+    train_videos: int = Field(6, gt=0, description="videos PeakClips and the training tasks are built from")
+    heldout_videos: int = Field(2, gt=0, description="unseen videos whose queries the select/eval stages answer")
+    seed: int = 0
+    min_scenes: int = Field(3, gt=1)
+    max_scenes: int = Field(5, gt=1)
+
+
+class PipelineStagesSection(Section):
+    """The recipe of each stage. `kframes run` rewires their folders (see PipelineConfig)."""
+
+    data: str = Field(description="data recipe (configs/<size>/data.yaml)")
+    sft1: str
+    sft2: str
+    grpo: str
+    eval: str | None = Field(None, description="eval recipe; None: the eval stage is left out")
+
+
+class PipelineSelectSection(Section):
+    """The select stage: the trained selector picks k frames for each held-out question (pipeline.inference.selector)."""
+
+    questions: str | None = Field(
+        None,
+        description="JSONL of held-out questions (video, question, options, answer); default: the sample videos' "
+        "held-out queries, else the GRPO validation tasks",
+    )
+    k: int = Field(8, gt=0)
+    mode: SamplerMode = "auto"
+    num_candidates: int | None = Field(None, gt=0, description="T (default: the GRPO recipe's frames.num_candidates)")
+    max_pixels: int | None = Field(None, gt=0, description="default: the GRPO recipe's frames.max_pixels")
+    max_new_tokens: int = Field(256, gt=0)
+    limit: int | None = Field(None, gt=0, description="only the first N questions")
+
+
+class PipelineConfig(Section):
+    """data -> sft1 -> sft2 -> grpo -> select -> eval under one folder.
+
+    The stage recipes stay as they are on disk; the pipeline overrides only the wiring, so that every stage
+    reads what the previous one wrote: `<output_dir>/<stage>` as each output folder, the data stage's task
+    files as the training data, SFT1 -> SFT2 -> GRPO through `init_from`, and the GRPO model as the selector
+    that select and eval use. `overrides` adds `--set`-style changes per stage.
+    """
+
+    stage: Literal["pipeline"] = "pipeline"
+    output_dir: str = "runs/pipeline"
+    stages: PipelineStagesSection
+    samples: SamplesSection | None = Field(None, description="generate sample videos first (demo, tests)")
+    select: PipelineSelectSection = Field(default_factory=PipelineSelectSection)
+    eval_on: Literal["heldout", "recipe"] = Field(
+        "heldout",
+        description="heldout: eval asks the select stage's held-out questions; recipe: the eval recipe's own "
+        "benchmark and data (MLVU, Video-MME, ...)",
+    )
+    overrides: dict[RecipeStage, list[str]] = Field(
+        default_factory=dict, description="stage -> list of KEY=VALUE applied to its recipe"
+    )
+
+
+class SlurmStageSection(Section):
+    """Per-stage changes to the profile's resources (unset fields keep the profile's value)."""
+
+    nodes: int | None = Field(None, gt=0)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_node: int | None = Field(None, gt=0)
+    mem: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    accelerate_config: str | None = None
+
+
+class SlurmVLLMSection(Section):
+    """The vLLM server that answers the GRPO reward's downstream questions (reward.downstream.backend=vllm)."""
+
+    placement: Literal["node", "step"] = Field(
+        "node", description="node: its own node(s) in the job; step: a job step on the first training node's GPUs"
+    )
+    nodes: int = Field(1, gt=0, description="placement=node: nodes given to the server")
+    gpus: int = Field(1, gt=0, description="GPUs of the server (tensor parallel size)")
+    model: str | None = Field(None, description="default: the GRPO recipe's reward.downstream.model")
+    port: int = Field(8000, gt=0, lt=65536)
+    setup: list[str] = Field(default_factory=list, description="shell lines before `vllm serve` (its own venv)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+    wait_timeout_s: int = Field(1800, gt=0, description="the trainer waits this long for the server to answer")
+
+
+class SlurmProfile(Section):
+    """A Slurm cluster profile for `kframes submit` (configs/cluster/slurm.yaml)."""
+
+    pipeline: str = Field(description="the pipeline config whose stages are submitted")
+    run_dir: str | None = Field(None, description="scripts and logs (default: <pipeline output_dir>/slurm)")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = Field("24:00:00", description="wall time per job (a requeued job gets it again)")
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(8, ge=0, description="0: a CPU job (accelerate --cpu)")
+    gpu_type: str | None = Field(None, description="e.g. a100: --gres=gpu:a100:N")
+    cpus_per_node: int | None = Field(None, gt=0)
+    mem: str | None = Field("0", description="--mem per node ('0': all of it)")
+    constraint: str | None = None
+    exclusive: bool = True
+    requeue: bool = True
+    signal_seconds: int = Field(120, gt=0, description="USR1 this long before the time limit: checkpoint, requeue")
+    main_process_port: int = Field(29500, gt=0, lt=65536)
+    accelerate_config: str = "configs/accelerate/zero2.yaml"
+    python: str = Field("python", description="the interpreter of the kframes environment on the nodes")
+    setup: list[str] = Field(default_factory=list, description="shell lines before each stage (module load, venv)")
+    env: dict[str, str] = Field(default_factory=dict)
+    extra_sbatch: list[str] = Field(default_factory=list, description="more sbatch options, e.g. --mail-type=END")
+    stages: dict[Stage, SlurmStageSection] = Field(
+        default_factory=dict
+    )
+    vllm: SlurmVLLMSection = Field(default_factory=SlurmVLLMSection)

@@ -1,0 +1,254 @@
+"""`kframes eval`: answer a benchmark with a frozen downstream model over each selector's frames, for each k.
+
+For every selector and question, the selector's k-independent analysis runs once (cached in
+`analyses.jsonl`), then for every k the frames are chosen, decoded, and the downstream model scores the
+option letters (`rewards.backends`, the same backends and MCQ prompt as the GRPO reward); the prediction is
+the argmax. Each answer is one line of `results.jsonl`, written as soon as it exists, so a killed run
+resumes where it stopped and a rerun with more k or another selector only computes what is new.
+
+Outputs in the run folder:
+- `results.jsonl`: per question, selector and k: prediction, correctness, option log-probs, frames,
+  timestamps, and the cost: selection time (analysis + choice), decode time, downstream time, frames and
+  visual tokens;
+- `summary.json`, `report.md` (accuracy per k, per task type, cost per question) and `accuracy_vs_k.png`.
+
+The two JSONL files are append-only journals (one fsynced line per record); a line torn by a kill is
+dropped on resume. Everything else is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import DownstreamSection, EvalConfig
+from pipeline.core.contracts import EvalQuestion
+from pipeline.core.errors import DataError, VideoError
+from pipeline.core.io import Journal, atomic_write_json
+from pipeline.core.models import resolve_model
+from pipeline.evaluation.benchmarks import load_questions
+from pipeline.evaluation.report import summarize, write_reports
+from pipeline.inference.frame_selectors import FrameSelector, VideoTimeline, make_selector
+from rewards.backends import MCQRequest
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.jsonl"
+ANALYSES_FILE = "analyses.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cost accounting
+# ----------------------------------------------------------------------------------------------------
+
+
+class VisualTokenCounter:
+    """Visual tokens the downstream Qwen2.5-VL spends on a frame, as its image processor counts them.
+
+    A frame of h x w pixels is resized so both sides are multiples of patch*merge (28) and its area lies
+    in [min_pixels, max_pixels]; each 28x28 block is one token. The processor's own settings are read from
+    the downstream model's folder when it is available locally, and capped by `downstream.max_pixels`.
+    """
+
+    def __init__(self, downstream: DownstreamSection) -> None:
+        self.factor, self.min_pixels, self.max_pixels = 28, 4 * 28 * 28, downstream.max_pixels
+        try:
+            from transformers import AutoImageProcessor
+
+            path = resolve_model(downstream.model)
+            proc = AutoImageProcessor.from_pretrained(path)
+            self.factor = int(getattr(proc, "patch_size", 14)) * int(getattr(proc, "merge_size", 2))
+            size = getattr(proc, "size", None) or {}
+            self.min_pixels = int(getattr(proc, "min_pixels", None) or size.get("shortest_edge", self.min_pixels))
+            proc_max = int(getattr(proc, "max_pixels", None) or size.get("longest_edge", self.max_pixels))
+            self.max_pixels = min(proc_max, downstream.max_pixels)
+        except Exception:  # not available offline (a vLLM model id): Qwen2.5-VL's defaults
+            pass
+        self.min_pixels = min(self.min_pixels, self.max_pixels)
+
+    def tokens(self, width: int, height: int) -> int:
+        f = self.factor
+        h = max(f, round(height / f) * f)
+        w = max(f, round(width / f) * f)
+        if h * w > self.max_pixels:
+            beta = math.sqrt(height * width / self.max_pixels)
+            h = max(f, math.floor(height / beta / f) * f)
+            w = max(f, math.floor(width / beta / f) * f)
+        elif h * w < self.min_pixels:
+            beta = math.sqrt(self.min_pixels / (height * width))
+            h = math.ceil(height * beta / f) * f
+            w = math.ceil(width * beta / f) * f
+        return (h // f) * (w // f)
+
+    def __call__(self, images: Iterable[Any]) -> int:
+        return sum(self.tokens(*im.size) for im in images)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The evaluation loop
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(cfg: EvalConfig) -> dict[str, Any]:
+    """What makes results comparable: the questions and the downstream model (not the selectors or k)."""
+    ds = cfg.downstream
+    return {
+        "benchmark": cfg.benchmark,
+        "data": str(Path(cfg.data).resolve()),
+        "video_root": str(Path(cfg.video_root).resolve()) if cfg.video_root else None,
+        "downstream": {"backend": ds.backend, "model": ds.model, "url": ds.url, "max_pixels": ds.max_pixels},
+    }
+
+
+def _check_run_folder(out: Path, cfg: EvalConfig) -> None:
+    fp = _fingerprint(cfg)
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        if old.get("fingerprint") != fp:
+            diff = sorted(k for k in fp if old.get("fingerprint", {}).get(k) != fp[k])
+            raise DataError(
+                f"{out}: holds results for a different {', '.join(diff)} ({run_file}); use another --out"
+            )
+    atomic_write_json(run_file, {"fingerprint": fp, "config": cfg.model_dump(mode="json")})
+
+
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    questions: list[EvalQuestion] | None = None,
+    backend: Any = None,
+    selectors: list[FrameSelector] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) an evaluation; returns the summary also written to `<output_dir>/summary.json`.
+
+    `backend` (a `rewards.backends.DownstreamBackend`) and `selectors` default to those the config
+    describes; passing them lets a caller reuse loaded models.
+    """
+    from tqdm import tqdm
+
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_folder(out, cfg)
+    if questions is None:
+        questions = load_questions(cfg.benchmark, cfg.data, video_root=cfg.video_root, limit=cfg.limit, check_videos=True)
+    if selectors is None:
+        selectors = [make_selector(s) for s in cfg.selectors]
+    labels = [s.label for s in selectors]
+    if len(set(labels)) != len(labels):
+        raise DataError(f"two selectors share the label {labels}; set `label:` to tell them apart")
+    ks = sorted(set(cfg.k))
+    results = Journal(out / RESULTS_FILE, ("selector", "k", "question_id"))
+    analyses = Journal(out / ANALYSES_FILE, ("selector_id", "question_id"))
+    counter = VisualTokenCounter(cfg.downstream)
+    frames: Any = None
+    metas: dict[str, VideoTimeline] = {}
+
+    for sel in selectors:
+        todo = [q for q in questions if any(results.get(sel.label, k, q.question_id) is None for k in ks)]
+        if not todo:
+            continue
+        if backend is None:
+            from rewards.backends import make_backend
+
+            backend = make_backend(cfg.downstream)
+        if frames is None:
+            from data_builder.video import FrameCache
+
+            frames = FrameCache(max_videos=max(1, cfg.video_cache))
+        for q in tqdm(todo, desc=f"eval {sel.label}", unit="q", disable=not progress):
+            try:
+                meta = metas.get(q.video) or VideoTimeline.read(q.video)
+                if len(metas) > 256:
+                    metas.clear()
+                metas[q.video] = meta
+                analysis = analyses.get(sel.selector_id, q.question_id)
+                if analysis is None:
+                    t0 = time.perf_counter()
+                    result = sel.analyze(meta, q.question, q.options)
+                    analysis = {"selector_id": sel.selector_id, "question_id": q.question_id,
+                                "analysis_s": time.perf_counter() - t0, "analysis": result}
+                    analyses.add(analysis)
+            except VideoError as exc:  # one unreadable video must not end a day-long run
+                for k in ks:
+                    if results.get(sel.label, k, q.question_id) is None:
+                        results.add(_error_record(sel, q, k, str(exc)))
+                continue
+            for k in ks:
+                if results.get(sel.label, k, q.question_id) is None:
+                    results.add(_answer(sel, q, k, meta, analysis, frames, backend, counter, cfg.downstream))
+
+    summary = summarize(
+        [r for r in results.records.values() if r["selector"] in labels and r["k"] in ks and
+         r["question_id"] in {q.question_id for q in questions}],
+        benchmark=cfg.benchmark,
+        downstream=cfg.downstream,
+        selectors=labels,
+        ks=ks,
+    )
+    write_reports(out, summary)
+    return summary
+
+
+def _error_record(sel: FrameSelector, q: EvalQuestion, k: int, error: str) -> dict[str, Any]:
+    return {"selector": sel.label, "selector_id": sel.selector_id, "k": k, "question_id": q.question_id,
+            "task_type": q.task_type, "answer": q.answer, "pred": None, "correct": False, "error": error}
+
+
+def _answer(
+    sel: FrameSelector,
+    q: EvalQuestion,
+    k: int,
+    meta: VideoTimeline,
+    analysis: dict[str, Any],
+    frames: Any,
+    backend: Any,
+    counter: VisualTokenCounter,
+    downstream: DownstreamSection,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sel_out = sel.choose(analysis["analysis"], meta, k)
+    choose_s = time.perf_counter() - t0
+    try:
+        t1 = time.perf_counter()
+        images = frames.images(q.video, sel_out.indices, max_pixels=downstream.max_pixels)
+        decode_s = time.perf_counter() - t1
+    except VideoError as exc:
+        return _error_record(sel, q, k, str(exc))
+    request = MCQRequest(images=images, timestamps_s=sel_out.timestamps_s, question=q.question, options=list(q.options))
+    t2 = time.perf_counter()
+    (logprobs,) = backend.option_logprobs([request])
+    downstream_s = time.perf_counter() - t2
+    pred = max(range(len(logprobs)), key=lambda i: logprobs[i])
+    return {
+        "selector": sel.label,
+        "selector_id": sel.selector_id,
+        "k": k,
+        "question_id": q.question_id,
+        "task_type": q.task_type,
+        "answer": q.answer,
+        "pred": pred,
+        "correct": pred == q.answer,
+        "option_logprobs": [round(float(x), 5) for x in logprobs],
+        "frame_indices": sel_out.indices,
+        "timestamps_s": [round(t, 3) for t in sel_out.timestamps_s],
+        "fallback": sel_out.fallback,
+        "analysis_s": analysis["analysis_s"],
+        "choose_s": choose_s,
+        "selection_s": analysis["analysis_s"] + choose_s,
+        "decode_s": decode_s,
+        "downstream_s": downstream_s,
+        "frames": len(sel_out.indices),
+        "visual_tokens": counter(images),
+        "info": sel_out.info,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summary, markdown table, plot
+# ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""The pipeline's select stage: the trained selector picks k frames for every held-out question.
+
+Held-out questions come from (first that applies) the pipeline's `select.questions` file, the sample videos'
+held-out queries (`<output_dir>/samples/heldout.jsonl`, with each answer's true time span), or the GRPO
+validation tasks the data stage wrote (videos never trained on). They are written once as
+`<output_dir>/select/questions.jsonl` (EvalQuestion lines, which the eval stage reads), and each selection is
+one line of `selections.jsonl`, appended as soon as it exists, so a killed stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.core.config import FramesSection, PipelineSelectSection
+from pipeline.core.contracts import EvalQuestion
+from pipeline.core.errors import DataError
+from pipeline.core.io import Journal, atomic_write_jsonl, iter_jsonl
+from pipeline.evaluation.benchmarks import load_questions
+from pipeline.inference.selector import Selector, select_frames
+
+SELECTIONS_FILE = "selections.jsonl"
+# what each selections.jsonl line keeps of a pipeline.inference.selector.SelectionResult (besides the question)
+_KEEP = ("k", "clips", "parse_error", "indices", "timestamps_s", "fallback", "fallback_reason", "allocations",
+         "timings", "raw")
+HELDOUT_FILE = "heldout.jsonl"
+
+
+def heldout_questions(
+    select: PipelineSelectSection, *, samples_dir: Path | None, grpo_val_tasks: Path
+) -> list[dict[str, Any]]:
+    """The held-out questions as dicts with EvalQuestion's fields, plus `answer_span_s` where it is known.
+
+    From (first that applies) `select.questions`, the sample videos' held-out queries in `samples_dir`, or the
+    GRPO validation tasks.
+    """
+    if select.questions:
+        qs = [q.model_dump(mode="json") for q in load_questions("jsonl", select.questions, check_videos=True)]
+    elif samples_dir is not None:
+        qs = [obj for _, obj in iter_jsonl(samples_dir / HELDOUT_FILE)]
+    else:
+        path = grpo_val_tasks
+        qs = []
+        for lineno, obj in iter_jsonl(path):
+            missing = [k for k in ("id", "video", "question", "options", "answer") if k not in obj]
+            if missing:
+                raise DataError(f"{path}:{lineno}: a GRPO task needs {', '.join(missing)} to be asked again")
+            qs.append({"question_id": obj["id"], "video": obj["video"], "question": obj["question"],
+                       "options": obj["options"], "answer": obj["answer"], "task_type": obj.get("task", "grpo.mcq")})
+    if select.limit:
+        qs = qs[: select.limit]
+    if not qs:
+        raise DataError("select stage: no held-out questions (set select.questions in the pipeline config)")
+    return qs
+
+
+def run_select_stage(
+    sel_cfg: PipelineSelectSection,
+    questions: list[dict[str, Any]],
+    *,
+    out: Path,
+    questions_file: Path,
+    model_dir: Path,
+    frames: FramesSection,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Select frames for every question with the selector in `model_dir`, journaled in `out`; the questions are
+    written to `questions_file` for the eval stage. Returns (outputs, summary)."""
+    out.mkdir(parents=True, exist_ok=True)
+    eval_fields = set(EvalQuestion.model_fields)
+    atomic_write_jsonl(
+        questions_file,
+        [EvalQuestion.model_validate({k: v for k, v in q.items() if k in eval_fields}) for q in questions],
+    )
+    journal = Journal(out / SELECTIONS_FILE, ("question_id",))
+    todo = [q for q in questions if journal.get(q["question_id"]) is None]
+    selector = None
+    for q in tqdm(todo, desc="select", unit="q"):
+        if selector is None:
+            t0 = time.perf_counter()
+            selector = Selector.from_pretrained(
+                model_dir,
+                num_candidates=sel_cfg.num_candidates or frames.num_candidates,
+                max_pixels=sel_cfg.max_pixels or frames.max_pixels,
+                device="auto",
+            )
+            load_s = time.perf_counter() - t0
+        res = select_frames(
+            selector, q["video"], q["question"], sel_cfg.k, mode=sel_cfg.mode, options=q.get("options"),
+            max_new_tokens=sel_cfg.max_new_tokens,
+        )
+        sel = res.to_dict()
+        journal.add({**q, **{k: sel[k] for k in _KEEP}, "mode": sel_cfg.mode, "sampler_mode": res.mode})
+    records = [journal.get(q["question_id"]) for q in questions]
+    summary: dict[str, Any] = {
+        "questions": len(records),
+        "fallback_rate": sum(bool(r and r["fallback"]) for r in records) / len(records),
+    }
+    if selector is not None:
+        summary["model_load_s"] = load_s
+    return {"selections": str(out / SELECTIONS_FILE), "questions": str(questions_file)}, summary

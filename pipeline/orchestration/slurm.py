@@ -1,0 +1,372 @@
+"""`kframes submit`: one sbatch script per pipeline stage, chained with `--dependency=afterok`.
+
+Each job runs exactly what `kframes run --only STAGE` runs on a laptop (pipeline.orchestration.orchestrate), so the stage
+records, skipping and resume rules are the same on the cluster; only the launch differs:
+
+- training stages: `srun` one task per node, each running `accelerate launch` with the profile's DeepSpeed
+  config (`--num_machines`, `--machine_rank $SLURM_NODEID`, `--main_process_ip` = the first node), 8 GPUs per
+  node by default; data, select and eval run as one task.
+- preemption: `#SBATCH --requeue` and `--signal=B:USR1@120`. The batch shell traps USR1 (time limit coming)
+  and TERM (preemption), touches `$KFRAMES_PREEMPT_FILE`, which every trainer rank polls after each step
+  (stages.preemption): they save a complete checkpoint and exit; then the script requeues the job with
+  `scontrol requeue`, and the restarted job resumes from that checkpoint (the stage record says "running").
+- GRPO with `reward.downstream.backend: vllm`: the vLLM server that answers the reward's questions runs as its
+  own job step, on its own node(s) of the job (`vllm.placement: node`) or on some GPUs of the first node
+  (`step`); the trainer starts once `GET /v1/models` answers, and is given the URL.
+- logs and scripts live in the run folder: `<run_dir>/scripts/<stage>.sbatch`, `<run_dir>/logs/<stage>-<jobid>.out`.
+
+`python -m pipeline.orchestration.slurm wait-http URL` is the readiness probe the scripts call (no curl needed on the nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.config import SlurmProfile, SlurmStageSection, load_config
+from pipeline.core.errors import ConfigError, KframesError
+from pipeline.core.io import atomic_write_text
+from pipeline.orchestration.orchestrate import TRAIN_STAGES, Plan, decide, load_pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGE_TEMPLATE = string.Template((Path(__file__).parent / "templates" / "stage.sbatch").read_text())
+
+
+class SubmitError(KframesError):
+    """sbatch is missing or refused a script."""
+
+
+@dataclass
+class StageResources:
+    nodes: int
+    gpus_per_node: int
+    cpus_per_node: int | None
+    mem: str | None
+    time: str
+    partition: str | None
+    accelerate_config: str
+
+
+def load_profile(path: str, overrides: list[str] | None = None) -> SlurmProfile:
+    return load_config(path, SlurmProfile, overrides)
+
+
+def stage_resources(profile: SlurmProfile, stage: str) -> StageResources:
+    """The profile's resources with the stage's own changes. Non-training stages use one node."""
+    s = profile.stages.get(stage) or SlurmStageSection()
+    pick = lambda name: getattr(s, name) if getattr(s, name) is not None else getattr(profile, name)
+    nodes = pick("nodes") if stage in TRAIN_STAGES else (s.nodes or 1)
+    return StageResources(
+        nodes=nodes,
+        gpus_per_node=pick("gpus_per_node"),
+        cpus_per_node=pick("cpus_per_node"),
+        mem=pick("mem"),
+        time=pick("time"),
+        partition=pick("partition"),
+        accelerate_config=pick("accelerate_config"),
+    )
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _abs(path: str | Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else (Path.cwd() / p).resolve())
+
+
+def uses_vllm_server(plan: Plan, stage: str) -> bool:
+    if stage != "grpo":
+        return False
+    return plan.configs["grpo"].reward.downstream.backend == "vllm"
+
+
+def _sbatch_options(profile: SlurmProfile, res: StageResources, stage: str, *, nodes: int, logs: Path) -> list[str]:
+    gres = _gres(profile)
+    sb: list[str] = [
+        f"--job-name=kframes-{stage}",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=1",
+        f"--time={res.time}",
+        f"--output={logs}/{stage}-%j.out",
+        "--open-mode=append",  # a requeued job appends to the same log
+        f"--chdir={REPO_ROOT}",
+    ]
+    if res.gpus_per_node:
+        sb.append(f"--gres={gres(res.gpus_per_node)}")
+    if res.cpus_per_node:
+        sb.append(f"--cpus-per-task={res.cpus_per_node}")
+    if res.mem is not None:
+        sb.append(f"--mem={res.mem}")
+    for flag, value in (("partition", res.partition), ("account", profile.account), ("qos", profile.qos),
+                        ("constraint", profile.constraint)):
+        if value:
+            sb.append(f"--{flag}={value}")
+    if profile.exclusive and res.gpus_per_node:
+        sb.append("--exclusive")
+    if profile.requeue:
+        sb.append("--requeue")
+    sb.append(f"--signal=B:USR1@{profile.signal_seconds}")
+    sb.extend(profile.extra_sbatch)
+    return sb
+
+
+def _gres(profile: SlurmProfile):
+    return lambda n: f"gpu:{profile.gpu_type}:{n}" if profile.gpu_type else f"gpu:{n}"
+
+
+def _check_vllm_placement(profile: SlurmProfile, res: StageResources) -> None:
+    vllm = profile.vllm
+    if vllm.placement == "step":
+        if res.nodes != 1:
+            raise ConfigError("vllm.placement=step needs the grpo stage on one node (stages.grpo.nodes: 1)")
+        if vllm.gpus >= res.gpus_per_node:
+            raise ConfigError(
+                f"vllm.placement=step: the server's {vllm.gpus} GPU(s) leave none of the node's "
+                f"{res.gpus_per_node} to the trainer; use placement: node"
+            )
+    if res.gpus_per_node == 0:
+        raise ConfigError("reward.downstream.backend=vllm needs GPUs (gpus_per_node > 0)")
+
+
+def _vllm_server_block(plan: Plan, profile: SlurmProfile, res: StageResources, stage: str, logs: Path) -> str:
+    """Bash that starts the reward's vLLM server as a job step and waits until it answers (sets VLLM_URL)."""
+    vllm = profile.vllm
+    gres = _gres(profile)
+    model = vllm.model or plan.configs["grpo"].reward.downstream.model
+    if vllm.placement == "node":
+        node_line = f"VLLM_NODE=${{NODES[{res.nodes}]}}"
+        srun = f'srun --nodes=1 --ntasks=1 -w "$VLLM_NODE" --gres={gres(vllm.gpus)}'
+    else:
+        node_line = "VLLM_NODE=$MAIN_NODE"
+        srun = f'srun --nodes=1 --ntasks=1 -w "$VLLM_NODE" --gres={gres(vllm.gpus)} --exact'
+    serve_cmd = " ".join(
+        ["exec vllm serve", _q(model), "--host 0.0.0.0", f"--port {vllm.port}",
+         f"--tensor-parallel-size {vllm.gpus}", *map(_q, vllm.extra_args)]
+    )
+    serve = "; ".join([*vllm.setup, serve_cmd])
+    lines = [
+        node_line,
+        "",
+        "# The reward's downstream model: a vLLM server as its own job step; the trainer waits until it answers.",
+        f'VLLM_URL="http://$VLLM_NODE:{vllm.port}/v1"',
+        f"{srun} --output={logs}/{stage}-vllm-%j.out bash -c {_q(serve)} &",
+        "VLLM_PID=$!",
+        (
+            f'{profile.python} -m pipeline.orchestration.slurm wait-http "$VLLM_URL/models" --timeout '
+            f'{vllm.wait_timeout_s} --pid "$VLLM_PID" || {{ echo "[kframes] the vLLM server did not come up"; '
+            'kill "$VLLM_PID" 2>/dev/null; exit 1; }'
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _shell_words(args: list[str]) -> str:
+    """Quote for `bash -c '...'`: words holding `$` stay expandable inside the task (double quotes)."""
+    return " ".join(shlex.quote(a) if "$" not in a else f'"{a}"' for a in args)
+
+
+def _launch_block(
+    profile: SlurmProfile, res: StageResources, stage: str, run_cmd: list[str], *, with_vllm: bool
+) -> str:
+    """Bash that starts the stage as a background job step (`STEP_PID=$!` follows it)."""
+    step_gpus = res.gpus_per_node - (profile.vllm.gpus if with_vllm and profile.vllm.placement == "step" else 0)
+    if stage not in TRAIN_STAGES or step_gpus <= 0:
+        what = "one process (CPU)" if stage in TRAIN_STAGES else "one process"
+        return f"# {what}\n" + f'srun --nodes=1 --ntasks=1 -w "$MAIN_NODE" bash -c {_q(_shell_words(run_cmd))} &'
+    nodes = res.nodes
+    launch = [profile.python, "-m", "accelerate.commands.launch", "--config_file", _abs(res.accelerate_config),
+              "--num_machines", str(nodes), "--num_processes", str(nodes * step_gpus),
+              "--machine_rank", "$SLURM_NODEID", "--main_process_ip", "$MAIN_NODE",
+              "--main_process_port", str(profile.main_process_port), "-m", *run_cmd[2:]]
+    node_list = '$(IFS=,; echo "${NODES[*]:0:' + str(nodes) + '}")'
+    gres_opt = f" --gres={_gres(profile)(step_gpus)}" if with_vllm else ""
+    lines = [f"# {nodes} node(s) x {step_gpus} GPU(s): one accelerate launcher per node.", "export MAIN_NODE"]
+    if with_vllm:
+        lines.append("export VLLM_URL")
+    # $SLURM_NODEID and $VLLM_URL are expanded inside each task, not here
+    lines.append(
+        f'srun --kill-on-bad-exit=1 --nodes={nodes} --ntasks-per-node=1 -w "{node_list}"{gres_opt} '
+        f"bash -c {_q(_shell_words(launch))} &"
+    )
+    return "\n".join(lines)
+
+
+def render_script(
+    plan: Plan, profile: SlurmProfile, stage: str, *, pipeline_path: str, run_dir: Path, force: bool = False
+) -> str:
+    """The sbatch script of one stage (a pure function of its inputs: the dry run prints exactly this).
+
+    The fixed bash (signal traps, the wait loop, requeue) is the template `templates/stage.sbatch`; this fills in
+    the stage's resources, its optional vLLM server and its launch line.
+    """
+    res = stage_resources(profile, stage)
+    with_vllm = uses_vllm_server(plan, stage)
+    if with_vllm:
+        _check_vllm_placement(profile, res)
+    extra_nodes = profile.vllm.nodes if with_vllm and profile.vllm.placement == "node" else 0
+    logs, state = run_dir / "logs", run_dir / "state"
+    run_cmd = [profile.python, "-m", "pipeline.cli.main", "run", "--config", _abs(pipeline_path), "--only", stage]
+    if force:
+        # only the first attempt starts over: a requeued job must resume, so the script drops the flag once used
+        run_cmd.append("$FORCE_FLAG")
+    if with_vllm:
+        run_cmd += ["--set", "grpo:reward.downstream.url=$VLLM_URL"]
+    force_block = (
+        "# --force: start the stage over on the first run only; a requeued restart resumes instead\n"
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then FORCE_FLAG=--force; else FORCE_FLAG=--no-force; fi\n'
+        "export FORCE_FLAG\n"
+        if force
+        else ""
+    )
+    setup = [*profile.setup, *[f"export {k}={_q(v)}" for k, v in profile.env.items()]]
+    return STAGE_TEMPLATE.substitute(
+        stage=stage,
+        pipeline=pipeline_path,
+        sbatch_options="\n".join(
+            f"#SBATCH {opt}" for opt in _sbatch_options(profile, res, stage, nodes=res.nodes + extra_nodes, logs=logs)
+        ),
+        repo_root=_q(REPO_ROOT),
+        setup="".join(line + "\n" for line in setup).rstrip("\n") if setup else "# (no setup lines in the profile)",
+        state_dir=_q(state),
+        logs_dir=_q(logs),
+        force=force_block,
+        server=_vllm_server_block(plan, profile, res, stage, logs) if with_vllm else "",
+        launch=_launch_block(profile, res, stage, run_cmd, with_vllm=with_vllm),
+        server_stop='kill "$VLLM_PID" 2>/dev/null; wait "$VLLM_PID" 2>/dev/null\n' if with_vllm else "",
+    )
+
+
+@dataclass
+class Submission:
+    stage: str
+    script: Path
+    job_id: str | None
+    dependency: str | None
+    skipped: str | None = None
+
+
+def run_dir_of(plan: Plan, profile: SlurmProfile) -> Path:
+    return Path(_abs(profile.run_dir)) if profile.run_dir else Path(_abs(plan.root)) / "slurm"
+
+
+def submit(
+    target: str,
+    profile_path: str,
+    *,
+    pipeline_path: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    after: str | None = None,
+    sbatch: str = "sbatch",
+) -> list[Submission]:
+    """Write (and unless `dry_run`, submit) the scripts of `target` (a stage or `all`). Returns what was done.
+
+    With `all`, stages already done (same key, outputs in place) are left out unless `force`; each submitted
+    stage depends on the previous submitted one (`afterok`), the first on `after` if given.
+    """
+    profile = load_profile(profile_path)
+    pipeline_path = pipeline_path or profile.pipeline
+    plan = load_pipeline(pipeline_path)
+    if target == "all":
+        stages = plan.stages
+    elif target in plan.stages:
+        stages = [target]
+    else:
+        raise ConfigError(f"unknown stage {target!r}; expected all or one of {', '.join(plan.stages)}")
+    run_dir = run_dir_of(plan, profile)
+    out: list[Submission] = []
+    previous = after
+    for stage in stages:
+        action, reason = decide(plan, stage)
+        if target == "all" and action == "skip" and not force:
+            out.append(Submission(stage, run_dir / "scripts" / f"{stage}.sbatch", None, None, skipped=reason))
+            continue
+        text = render_script(plan, profile, stage, pipeline_path=pipeline_path, run_dir=run_dir, force=force)
+        script = run_dir / "scripts" / f"{stage}.sbatch"
+        atomic_write_text(script, text)
+        script.chmod(0o755)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        dep = f"afterok:{previous}" if previous else None
+        job_id = None
+        if not dry_run:
+            job_id = sbatch_submit(script, dependency=dep, sbatch=sbatch)
+            previous = job_id
+        else:
+            previous = f"<{stage}>"
+        out.append(Submission(stage, script, job_id, dep))
+    return out
+
+
+def sbatch_submit(script: Path, *, dependency: str | None = None, sbatch: str = "sbatch") -> str:
+    """Submit a script; returns the job id. `--kill-on-invalid-dep` drops a job whose predecessor failed."""
+    cmd = [sbatch, "--parsable"]
+    if dependency:
+        cmd += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
+    cmd.append(str(script))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    except FileNotFoundError:
+        raise SubmitError(f"{sbatch}: not found; run this on a Slurm login node (or use --dry-run)") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SubmitError(f"sbatch {script} failed: {msg[-1] if msg else f'exit code {proc.returncode}'}")
+    m = re.match(r"^(\d+)", proc.stdout.strip())
+    if not m:
+        raise SubmitError(f"sbatch {script}: unexpected answer {proc.stdout.strip()!r}")
+    return m.group(1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# `python -m pipeline.orchestration.slurm wait-http URL`: the readiness probe of the vLLM server
+# ----------------------------------------------------------------------------------------------------
+
+
+def wait_http(url: str, *, timeout_s: float, pid: int | None = None, interval_s: float = 5.0) -> bool:
+    """Poll `url` until it answers 200, the timeout passes, or process `pid` (the server's step) is gone."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                print(f"wait-http: the server process {pid} ended before {url} answered", file=sys.stderr)
+                return False
+            except PermissionError:
+                pass
+        try:
+            if httpx.get(url, timeout=min(10.0, interval_s * 2)).status_code == 200:
+                print(f"wait-http: {url} is up", file=sys.stderr)
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval_s)
+    print(f"wait-http: {url} did not answer within {timeout_s:.0f}s", file=sys.stderr)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.orchestration.slurm")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("wait-http", help="wait until URL answers 200")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--pid", type=int, default=None)
+    p.add_argument("--interval", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    return 0 if wait_http(args.url, timeout_s=args.timeout, pid=args.pid, interval_s=args.interval) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
