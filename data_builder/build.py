@@ -17,6 +17,7 @@ written once every video of the folder is done (by whichever shard finishes last
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -35,7 +36,7 @@ from data_builder.relevance import SimilarityRefiner, VideoContext, make_scorer
 from data_builder.scenes import segment_video
 from data_builder.video import VIDEO_EXTENSIONS, FrameCache
 from pipeline.core.contracts import PeakClipsRecord, QueryAnnotation, Scene, SceneCaption, VideoInfo
-from pipeline.core.errors import ConfigError, DataError, KframesError
+from pipeline.core.errors import BackendError, ConfigError, DataError, KframesError
 from pipeline.core.io import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class BuildSummary:
     built: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    retry: list[str] = field(default_factory=list)  # failed because the annotating server did: not settled
     complete: bool = False
     task_counts: dict[str, dict[str, int]] | None = None
 
@@ -228,6 +230,11 @@ def video_file(out_dir: Path, video_id: str) -> Path:
     return out_dir / "videos" / f"{video_id}.json"
 
 
+def failed_file(out_dir: Path, video_id: str) -> Path:
+    """Where a video that failed on its own input (bad video, bad content) is recorded; a rerun tries it again."""
+    return out_dir / "failed" / f"{video_id}.json"
+
+
 def load_done(path: Path) -> tuple[PeakClipsRecord, dict[str, Any]] | None:
     """A finished video's record and stats, or None if it is absent or does not validate (then it is redone)."""
     import json
@@ -294,11 +301,19 @@ def build_peakclips(
             annotator = VideoAnnotator(cfg, out, user_queries=user_queries, imported=imported)
         try:
             record, meta = annotator.annotate(video_id, path)
-        except KframesError as exc:  # an unreadable video must not stop a 6,700-video build
+        except BackendError as exc:  # the annotating server failed: the video is retried by the next run
             summary.failed[video_id] = str(exc)
+            summary.retry.append(video_id)
             log.error("%s: %s", path, exc)
             continue
+        except Exception as exc:  # a bad video or bad content must not stop a 6,700-video build
+            message = str(exc) if isinstance(exc, KframesError) else f"{path}: {type(exc).__name__}: {exc}"
+            summary.failed[video_id] = message
+            atomic_write_json(failed_file(out, video_id), {"video": str(path), "error": message})
+            log.error("%s", message)
+            continue
         atomic_write_json(target, {"record": record.model_dump(mode="json"), "meta": meta}, indent=None)
+        failed_file(out, video_id).unlink(missing_ok=True)
         summary.built.append(video_id)
 
     # Collect every finished video of the folder (other shards' included), in folder order.
@@ -314,7 +329,12 @@ def build_peakclips(
             totals[k] = totals.get(k, 0) + int(v)
     atomic_write_jsonl(out / "peakclips.jsonl", records)
     summary.totals = totals
-    summary.complete = len(records) == len(videos)
+    # Complete: every video of the folder (every shard's) is either done or failed on its own input (`failed/`); a
+    # video that failed because the server did is not settled, and neither is another shard's unfinished video.
+    bad = {v: json.loads(failed_file(out, v).read_text(encoding="utf-8")).get("error", "")
+           for v, _ in videos if not (out / "videos" / f"{v}.json").is_file() and failed_file(out, v).is_file()}
+    summary.failed = {**bad, **summary.failed}
+    summary.complete = bool(records) and len(records) + len(set(bad) - set(summary.retry)) == len(videos)
     if summary.complete and write_task_files:
         from data_builder.tasks import STAGES, write_tasks
 

@@ -12,6 +12,7 @@ what is missing is asked of the LLM.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -194,11 +195,22 @@ class ImportedCaptions:
     summary: str | None = None
 
 
+def _text(item: dict[str, Any], where: str) -> str:
+    """A caption's text: a non-empty string (a null or a number is a mistake in the file, not a caption)."""
+    text = item.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: text: expected a non-empty string, got {text!r}")
+    return text
+
+
 def _span(item: dict[str, Any], where: str) -> tuple[float, float, str]:
     try:
-        start, end, text = float(item["start_s"]), float(item["end_s"]), str(item["text"])
+        start, end = float(item["start_s"]), float(item["end_s"])
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{where}: expected scene_index or start_s/end_s, and text") from None
+    text = _text(item, where)
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+        raise DataError(f"{where}: start_s/end_s must be finite and not negative, got {start}, {end}")
     if end <= start:
         raise DataError(f"{where}: end_s ({end}) is not after start_s ({start})")
     return start, end, text
@@ -218,6 +230,8 @@ def import_captions(path: str | os.PathLike[str]) -> dict[str, ImportedCaptions]
         raw = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{p}: expected an object keyed by video_id, got {type(raw).__name__}")
     out: dict[str, ImportedCaptions] = {}
@@ -229,16 +243,20 @@ def import_captions(path: str | os.PathLike[str]) -> dict[str, ImportedCaptions]
         unknown = set(entry) - {"scenes", "chapters", "summary"}
         if unknown:
             raise DataError(f"{p}: {vid}: unknown keys {sorted(unknown)} (expected scenes, chapters, summary)")
-        imp = ImportedCaptions(summary=entry.get("summary"))
+        summary = entry.get("summary")
+        if summary is not None and (not isinstance(summary, str) or not summary.strip()):
+            raise DataError(f"{p}: {vid}: summary: expected a non-empty string, got {summary!r}")
+        imp = ImportedCaptions(summary=summary)
         for i, item in enumerate(entry.get("scenes") or []):
             where = f"{p}: {vid}: scenes[{i}]"
             if not isinstance(item, dict):
                 raise DataError(f"{where}: expected an object")
             if "scene_index" in item:
                 try:
-                    imp.scene_captions[int(item["scene_index"])] = str(item["text"])
+                    index = int(item["scene_index"])
                 except (KeyError, TypeError, ValueError):
                     raise DataError(f"{where}: expected an integer scene_index and a text") from None
+                imp.scene_captions[index] = _text(item, where)
             else:
                 imp.span_captions.append(_span(item, where))
         chapters: list[Any] = []

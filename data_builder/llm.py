@@ -302,11 +302,14 @@ class CachedBackend:
             p = self._path(k)
             if p.is_file():
                 try:
-                    out[i] = json.loads(p.read_text())["text"]
+                    text = json.loads(p.read_text(encoding="utf-8"))["text"]
+                except (ValueError, KeyError, TypeError):
+                    text = None
+                if isinstance(text, str):
+                    out[i] = text
                     self.hits += 1
                     continue
-                except (ValueError, KeyError):
-                    pass  # a damaged entry is regenerated
+                log.warning("%s: damaged cache entry; asking again", p)  # regenerated and overwritten
             todo.append(i)
         # One generation per distinct prompt, even when a batch repeats one.
         first: dict[str, int] = {}

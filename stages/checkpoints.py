@@ -12,6 +12,7 @@ that the Trainer's own checkpoint rotation never counts it either.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pipeline.core.io import atomic_write_json
+from pipeline.core.io import atomic_write_json, verify_digests
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,27 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found, key=lambda sp: sp[0])]
 
 
+def checkpoint_damage(path: str | os.PathLike[str]) -> list[str]:
+    """Files of a complete checkpoint whose size differs from what its marker recorded (a truncated copy, a disk
+    that filled up after the save): such a checkpoint is complete on paper only."""
+    try:
+        recorded = json.loads((Path(path) / COMPLETE_MARKER).read_text(encoding="utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return [f"{COMPLETE_MARKER}: unreadable"]
+    return verify_digests(path, recorded, hashes=False)
+
+
 def find_resume_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
-    """The newest COMPLETE `checkpoint-STEP` under `output_dir`, or None when there is none."""
-    complete = [p for p in list_checkpoints(output_dir) if is_complete_checkpoint(p)]
-    return str(complete[-1]) if complete else None
+    """The newest COMPLETE and intact `checkpoint-STEP` under `output_dir`, or None when there is none.
+
+    A damaged one (a file shorter than when it was saved) is passed over, with a warning, for the one before it.
+    """
+    for p in reversed([p for p in list_checkpoints(output_dir) if is_complete_checkpoint(p)]):
+        damage = checkpoint_damage(p)
+        if not damage:
+            return str(p)
+        logger.warning("passing over %s: %s", p, "; ".join(damage[:3]))
+    return None
 
 
 def discard_incomplete_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -91,9 +109,11 @@ class CompleteCheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
             if folder.is_dir() and (folder / "trainer_state.json").is_file():
+                sizes = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size}
+                         for p in sorted(folder.rglob("*")) if p.is_file()}
                 atomic_write_json(
                     folder / COMPLETE_MARKER,
-                    {"step": state.global_step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                    {"step": state.global_step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sizes},
                 )
             else:  # never mark something the Trainer did not finish writing
                 logger.warning("on_save for step %d but %s has no trainer_state.json", state.global_step, folder)

@@ -22,6 +22,7 @@ usually as a call to `run_trainer` with a function that builds its trainer:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import OutputLock, file_digests
 from stages.checkpoints import (
     COMPLETE_MARKER,
     CompleteCheckpointCallback,
@@ -40,12 +42,14 @@ from stages.checkpoints import (
 )
 from stages.manifest import (
     StageManifest,
+    verify_final,
     config_hash,
     data_fingerprint,
     library_versions,
     read_manifest,
     write_manifest,
 )
+from stages.guards import FiniteLossCallback
 from stages.modeling import load_model_and_processor, merge_adapter, parameter_counts, resolve_model_path
 
 __all__ = [
@@ -183,6 +187,7 @@ def save_final(trainer: Any, processor: Any, cfg: Any, manifest: StageManifest, 
         (partial / "training_args.bin").unlink(missing_ok=True)
         processor.save_pretrained(str(partial))
         manifest.lora = "merged" if merge else ("adapter" if is_lora else "none")
+        manifest.files = file_digests(partial)  # checked before final/ is trusted again (verify_final)
         write_manifest(partial, manifest)
         if final.exists():
             final.rename(old)
@@ -214,55 +219,61 @@ def run_trainer(
     """
     state = distributed_state()
     out = Path(cfg.output_dir)
-    final = out / FINAL_DIR
-    config = cfg.model_dump(mode="json")
-    chash = config_hash(config)
-    fingerprint = data_fingerprint(data_files)
+    # One writer per output folder: the main process holds the lock for the whole run (other ranks follow it).
+    with OutputLock(out) if state.is_main_process else contextlib.nullcontext():
+        final = out / FINAL_DIR
+        config = cfg.model_dump(mode="json")
+        chash = config_hash(config)
+        fingerprint = data_fingerprint(data_files)
 
-    if resume:
-        done = read_manifest(final)
-        if done is not None and done.config_hash == chash and done.data_fingerprint == fingerprint:
-            logger.info("%s: already finished with this config and data (%s); --no-resume retrains", stage, final)
-            return final
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         if resume:
-            discard_incomplete_checkpoints(out)
-        else:
-            _clear_previous_run(out)
-    state.wait_for_everyone()
-    checkpoint = find_resume_checkpoint(out) if resume else None
-    if checkpoint:
-        logger.info("%s: resuming from %s", stage, checkpoint)
+            done = read_manifest(final)
+            if done is not None and done.config_hash == chash and done.data_fingerprint == fingerprint:
+                damaged = verify_final(final, done)
+                if not damaged:
+                    logger.info("%s: already finished with this config and data (%s); --no-resume retrains", stage, final)
+                    return final
+                logger.warning("%s: %s does not match what was saved (%s); training it again", stage, final,
+                               "; ".join(damaged[:3]))
+        if state.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                discard_incomplete_checkpoints(out)
+            else:
+                _clear_previous_run(out)
+        state.wait_for_everyone()
+        checkpoint = find_resume_checkpoint(out) if resume else None
+        if checkpoint:
+            logger.info("%s: resuming from %s", stage, checkpoint)
 
-    started_from = resolve_model_path(cfg.model.name_or_path, cfg.init_from)
-    init_manifest = read_manifest(started_from) if cfg.init_from else None
-    model, processor = load_model_and_processor(cfg, model_path=started_from)
-    counts = parameter_counts(model)
-    trainer = make_trainer(model, processor, [CompleteCheckpointCallback(), *callbacks])
-    restore_weights_with_key_conversion(trainer)
+        started_from = resolve_model_path(cfg.model.name_or_path, cfg.init_from)
+        init_manifest = read_manifest(started_from) if cfg.init_from else None
+        model, processor = load_model_and_processor(cfg, model_path=started_from)
+        counts = parameter_counts(model)
+        trainer = make_trainer(model, processor, [CompleteCheckpointCallback(), FiniteLossCallback(), *callbacks])
+        restore_weights_with_key_conversion(trainer)
 
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = _numeric(result.metrics)
-    metrics.update(_last_logged(trainer.state.log_history, ("loss", "mean_token_accuracy")))
-    if trainer.eval_dataset is not None:
-        metrics.update(_numeric(trainer.evaluate()))
-    metrics.update({k: float(v) for k, v in counts.items()})
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = _numeric(result.metrics)
+        metrics.update(_last_logged(trainer.state.log_history, ("loss", "mean_token_accuracy")))
+        if trainer.eval_dataset is not None:
+            metrics.update(_numeric(trainer.evaluate()))
+        metrics.update({k: float(v) for k, v in counts.items()})
 
-    manifest = StageManifest(
-        stage=stage,
-        started_from=started_from,
-        base_model=init_manifest.base_model if init_manifest else cfg.model.name_or_path,
-        init_from=cfg.init_from,
-        config=config,
-        config_hash=chash,
-        data_fingerprint=fingerprint,
-        data_files={k: str(v) for k, v in data_files.items() if v},
-        num_train_examples=num_train_examples,
-        global_step=int(trainer.state.global_step),
-        metrics=metrics,
-        resumed_from=checkpoint,
-        world_size=int(trainer.args.world_size),
-        versions=library_versions(),
-    )
-    return save_final(trainer, processor, cfg, manifest, started_from=started_from)
+        manifest = StageManifest(
+            stage=stage,
+            started_from=started_from,
+            base_model=init_manifest.base_model if init_manifest else cfg.model.name_or_path,
+            init_from=cfg.init_from,
+            config=config,
+            config_hash=chash,
+            data_fingerprint=fingerprint,
+            data_files={k: str(v) for k, v in data_files.items() if v},
+            num_train_examples=num_train_examples,
+            global_step=int(trainer.state.global_step),
+            metrics=metrics,
+            resumed_from=checkpoint,
+            world_size=int(trainer.args.world_size),
+            versions=library_versions(),
+        )
+        return save_final(trainer, processor, cfg, manifest, started_from=started_from)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.errors import DataError
-from pipeline.core.io import atomic_write_json
+from pipeline.core.io import atomic_write_json, verify_digests
 
 MANIFEST_NAME = "stage.json"
 
@@ -42,6 +42,9 @@ class StageManifest(BaseModel):
     lora: str = Field("none", description="none | merged | adapter")
     world_size: int = 1
     versions: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="every file of final/ at save time: relative path -> {size, sha256}"
+    )
     finished_at: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
@@ -88,6 +91,11 @@ def write_manifest(stage_dir: str | os.PathLike[str], manifest: StageManifest) -
     path = Path(stage_dir) / MANIFEST_NAME
     atomic_write_json(path, manifest)
     return path
+
+
+def verify_final(final_dir: str | os.PathLike[str], manifest: StageManifest) -> list[str]:
+    """What no longer matches the digests the manifest recorded at save time (empty: the model is as saved)."""
+    return verify_digests(final_dir, manifest.files)
 
 
 def read_manifest(stage_dir: str | os.PathLike[str]) -> StageManifest | None:

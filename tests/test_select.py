@@ -169,7 +169,9 @@ def test_kframes_sample_bad_input_is_one_line_and_exit_2(capsys) -> None:
     assert main(["sample", "--clips", "missing.json", "--num-frames", "100", "--fps", "10", "--k", "2"]) == 2
     assert "--clips missing.json: no such file" in capsys.readouterr().err
     assert main(["sample", "--clips", "[]", "--num-frames", "100", "--fps", "10", "--k", "0"]) == 2
-    assert "k must be a positive integer" in capsys.readouterr().err
+    assert "argument --k: '0' must be at least 1" in capsys.readouterr().err
+    assert main(["sample", "--clips", "[]", "--num-frames", "100", "--fps", "inf", "--k", "2"]) == 2
+    assert "argument --fps: 'inf' is not a finite number" in capsys.readouterr().err
 
 
 def test_kframes_select_one_video_with_sheet(
@@ -206,7 +208,7 @@ def test_kframes_select_one_video_with_sheet(
     assert Image.open(sheet).size[0] > 0
 
 
-def test_kframes_select_batch_is_resumable(
+def test_kframes_select_batch_is_resumable_and_keyed_by_its_settings(
     tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     import pipeline.cli.select as cs
@@ -225,22 +227,65 @@ def test_kframes_select_batch_is_resumable(
     ]
     batch.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "out.jsonl"
-    # a killed earlier run: record "a" complete, a torn line after it
-    (tmp_path / "out.jsonl.partial").write_text(
-        json.dumps({"id": "a", "fallback": True, "indices": [1]}) + '\n{"id": "b", "ind'
-    )
     calls = []
     real = cs._run_one
     monkeypatch.setattr(cs, "_run_one", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
     argv = ["select", "--model", str(tiny_model_dir), "--batch", str(batch), "--out", str(out), "--k", "6"]
     argv += ["--num-candidates", "8", "--max-new-tokens", "8"]
+    assert main(argv) == 0 and len(calls) == 2
+    first = [json.loads(x) for x in out.read_text().splitlines()]
+
+    # a run killed after "a": its journal holds "a" and a torn line; only "b" is computed again
+    out.unlink()
+    (tmp_path / "out.jsonl.partial").write_text(json.dumps(first[0]) + '\n{"id": "b", "ind')
+    calls.clear()
     assert main(argv) == 0
-    assert calls == ["what colour is the car?"]  # only the missing one ran
+    assert calls == ["what colour is the car?"]
     recs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["id"] for r in recs] == ["a", "b"] and recs[0]["indices"] == [1]
-    assert len(recs[1]["indices"]) == 4 and recs[1]["mode"] == "set"
+    untimed = lambda rs: [{k: v for k, v in r.items() if k != "timings"} for r in rs]
+    assert untimed(recs) == untimed(first)
     assert not (tmp_path / "out.jsonl.partial").exists()
     assert main(argv) == 0 and calls == ["what colour is the car?"]  # all done: nothing runs
+
+    # another k (or mode, model, options...) is another result: computed, not served from the old run
+    calls.clear()
+    assert main([*argv[:-4], "--k", "3", *argv[-4:]]) == 0
+    assert calls == ["when does the bike pass?"]  # "b" sets its own k=4 and mode in the batch file
+    assert len(json.loads(out.read_text().splitlines()[0])["indices"]) == 3
+
+
+def test_kframes_select_batch_never_overwrites_a_file_it_did_not_write(
+    tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys
+) -> None:
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(json.dumps({"id": "a", "video": str(bikes), "query": "q"}) + "\n")
+    out = tmp_path / "notes.jsonl"
+    out.write_text('{"id": "a", "note": "mine"}\n{"other": 1}\n')
+    before = out.read_text()
+    argv = ["select", "--model", str(tiny_model_dir), "--batch", str(batch), "--out", str(out), "--k", "2",
+            "--num-candidates", "4", "--max-new-tokens", "4"]
+    assert main(argv) == 2
+    assert "not a `kframes select --batch` result" in capsys.readouterr().err
+    assert out.read_text() == before
+
+
+def test_kframes_select_batch_records_a_bad_video_and_goes_on(
+    tiny_model_dir: Path, bikes: Path, tmp_path: Path, capsys
+) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("\n".join(json.dumps(x) for x in [
+        {"id": "bad", "video": str(bad), "query": "q"},
+        {"id": "good", "video": str(bikes), "query": "q"},
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    argv = ["select", "--model", str(tiny_model_dir), "--batch", str(batch), "--out", str(out), "--k", "2",
+            "--num-candidates", "4", "--max-new-tokens", "4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "failed: bad: " in err and "bad.mp4" in err and "1 of 2 queries failed" in err
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["good"]
 
 
 def test_kframes_select_bad_batch_names_the_line(tmp_path: Path, capsys) -> None:

@@ -286,12 +286,46 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(task_files, tmp_path
 
     # a finished stage with the same recipe and data is not trained again
     assert train_stage("sft2", cfg) == final and read_manifest(final).finished_at == resumed.finished_at
+    # ... unless its final/ no longer holds what was saved (a truncated copy): then it is trained again
+    from stages.manifest import verify_final
+
+    weights = final / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert train_stage("sft2", cfg) == final
+    again = read_manifest(final)
+    assert again.finished_at != resumed.finished_at and verify_final(final, again) == []
     # --no-resume starts over: earlier checkpoints (even complete ones) are not resumed from
     stale = out / "checkpoint-100"
     stale.mkdir()
     (stale / COMPLETE_MARKER).write_text("{}")
     restarted = read_manifest(train_stage("sft2", cfg, resume=False))
     assert restarted.resumed_from is None and restarted.global_step == 6 and not stale.exists()
+
+
+def test_a_damaged_complete_checkpoint_is_passed_over_for_the_one_before(tmp_path):
+    import json
+
+    from stages.checkpoints import COMPLETE_MARKER, find_resume_checkpoint
+
+    for step in (2, 4):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x" * 1000)
+        (d / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": {"model.safetensors": {"size": 1000}}}))
+    assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"x" * 10)  # cut short after it was marked
+    assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+def test_a_loss_that_is_not_a_number_stops_training_before_anything_is_saved():
+    from types import SimpleNamespace
+
+    from stages.guards import FiniteLossCallback, TrainingDiverged
+
+    args, state = SimpleNamespace(output_dir="runs/x", learning_rate=1e3), SimpleNamespace(global_step=7)
+    FiniteLossCallback().on_log(args, state, None, logs={"loss": 1.25, "grad_norm": 3.0})
+    with pytest.raises(TrainingDiverged, match=r"step 7: loss is nan.*learning_rate, now 1000"):
+        FiniteLossCallback().on_log(args, state, None, logs={"loss": float("nan")})
 
 
 def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -44,3 +46,14 @@ def test_tokenizer_round_trips_arbitrary_text(tiny_model_dir):
     text = 'Ünïcode 🎬 [{"start": 12.5, "end": 18.0}] <t=3.0s>'
     assert tok.decode(tok(text)["input_ids"]) == text
     assert tok.convert_tokens_to_ids("<|image_pad|>") != tok.unk_token_id
+
+
+def test_a_cache_folder_left_without_its_marker_is_built_again(tmp_path: Path) -> None:
+    from pipeline.core.models import TINY_CLIP_RECIPE, build_once, build_tiny_clip
+
+    first = build_tiny_clip(tmp_path)
+    (first / "config.json").unlink()  # e.g. a copy cut short: no marker
+    (first / "junk.txt").write_text("left over")
+    again = build_tiny_clip(tmp_path)
+    assert again == first and (again / "config.json").is_file() and not (again / "junk.txt").exists()
+    assert build_once("tiny-clip", TINY_CLIP_RECIPE, lambda _: None, marker="config.json", cache_dir=tmp_path) == first

@@ -46,8 +46,12 @@ def validate_file(path: str, contract: str | None = None) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such file")
-    with p.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        return [f"{path}: (file): not UTF-8 text (byte {exc.start})"]
+    if not any(line.strip() for line in lines):
+        return [f"{path}: (file): no records (the file is empty)"]
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue

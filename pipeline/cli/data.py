@@ -8,18 +8,22 @@ from pathlib import Path
 
 from data_builder.build import build_peakclips, format_table
 from data_builder.tasks import STAGES, task_file, write_tasks
-from pipeline.core.config import add_config_args, load_stage_config
+from pipeline.core.config import add_config_args, load_recipe, set_dotted
 from pipeline.core.contracts import PeakClipsRecord
 from pipeline.core.io import read_jsonl_models
 
 
 def _load_cfg(args: argparse.Namespace):
-    overrides = list(args.overrides)
-    if getattr(args, "queries", None):
-        overrides += [f"queries.file={args.queries}"]
-    if getattr(args, "captions", None):
-        overrides += [f"captions.import_file={args.captions}"]
-    return load_stage_config("data", args.config, overrides)
+    """The data recipe with `--set` overrides, then `--queries`/`--captions` taken as plain paths (never read as
+    YAML: `my queries #1.jsonl` is a file name, not a comment)."""
+    paths = {"queries.file": getattr(args, "queries", None), "captions.import_file": getattr(args, "captions", None)}
+
+    def set_paths(raw: dict) -> None:
+        for dotted, value in paths.items():
+            if value:
+                set_dotted(raw, dotted, value)
+
+    return load_recipe("data", args.config, args.overrides, finish=set_paths)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

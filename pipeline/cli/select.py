@@ -8,14 +8,19 @@ their timestamps, the fallback flag and a timing breakdown; `--sheet` draws the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.contracts import KeyClip
-from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.io import Journal, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_jsonl
+from tqdm import tqdm
+
+from pipeline.core.config import finite_float, positive_int
+from pipeline.core.errors import ConfigError, DataError, KframesError
+from pipeline.core.io import Journal, OutputLock, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_jsonl
+from pipeline.core.models import model_fingerprint, resolve_model
 from pipeline.core.prompt import ParsedClips, parse_clips
 from pipeline.core.sampler import MODES, sample_frames
 from pipeline.inference.contact_sheet import clips_summary, priorities_from_allocations, write_contact_sheet
@@ -25,15 +30,15 @@ SHEET_MAX_PIXELS = 320 * 240
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, required=True, help="frame budget")
+    p.add_argument("--k", type=positive_int, required=True, help="frame budget")
     p.add_argument(
         "--mode", choices=MODES, default="auto", help="any-k mode (auto: focused for k <= 16, else hybrid)"
     )
     p.add_argument(
-        "--background-share", type=float, default=0.25, help="hybrid/soft: share of k outside the clips"
+        "--background-share", type=finite_float, default=0.25, help="hybrid/soft: share of k outside the clips"
     )
-    p.add_argument("--p1-weight", type=float, default=2.0, help="priority weight of P1 clips")
-    p.add_argument("--p2-weight", type=float, default=1.0, help="priority weight of P2 clips")
+    p.add_argument("--p1-weight", type=finite_float, default=2.0, help="priority weight of P1 clips")
+    p.add_argument("--p2-weight", type=finite_float, default=1.0, help="priority weight of P2 clips")
 
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,10 +198,37 @@ def _batch_items(path: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return items
 
 
+def _item_key(item: dict[str, Any], settings: dict[str, Any]) -> str:
+    """What a batch result depends on: the model's content, the selector and sampler settings, the video file,
+    the query, its options, k and mode. A rerun with any of them changed computes the item again."""
+    video = Path(item["video"])
+    stat = video.stat() if video.is_file() else None
+    blob = {
+        **settings,
+        "video": str(video.resolve()),
+        "video_file": [stat.st_size, stat.st_mtime_ns] if stat else None,
+        **{k: item[k] for k in ("query", "options", "k", "mode")},
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _previous_output(out: Path) -> list[dict[str, Any]]:
+    """An earlier run's output; a file that is not one (a line without our `id` and `key`) is never overwritten."""
+    if not out.exists():
+        return []
+    if not out.is_file():
+        raise DataError(f"--out {out}: exists and is not a file")
+    try:
+        records = read_jsonl(out)
+    except DataError as exc:
+        raise DataError(f"--out {out}: not a `kframes select --batch` output ({exc}); choose another --out") from None
+    for i, rec in enumerate(records, start=1):
+        if not isinstance(rec.get("id"), str) or not isinstance(rec.get("key"), str):
+            raise DataError(f"--out {out}: record {i} is not a `kframes select --batch` result; choose another --out")
+    return records
+
+
 def _cmd_select_batch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-
     if not args.out:
         raise ConfigError(
             "--batch needs --out FILE.jsonl (results are appended there as they come, and resumed)"
@@ -205,31 +237,51 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
     items = _batch_items(batch, args)
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
-    done = {r["id"]: r for r in (read_jsonl(out) if out.is_file() else []) if "id" in r}
-    journal = Journal(partial, ("id",))
-    done.update({r["id"]: r for r in journal.records.values()})
-    todo = [it for it in items if it["id"] not in done]
-    if done:
-        print(
-            f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done",
-            file=sys.stderr,
-        )
-    sheets = Path(args.sheet) if args.sheet else None
-    if todo:
-        selector = _load_selector(args)
-        for it in tqdm(todo, desc="select", unit="query", file=sys.stderr):
-            res = _run_one(selector, args, it["video"], it["query"], it["options"], it["k"], it["mode"])
-            rec = {"id": it["id"], **res.to_dict()}
-            journal.add(rec)
-            done[it["id"]] = rec
-            if sheets is not None:
-                _write_sheet(selector, res, sheets / f"{it['id']}.png")
-    atomic_write_jsonl(out, [done[it["id"]] for it in items])
-    partial.unlink(missing_ok=True)
-    fell = sum(bool(done[it["id"]]["fallback"]) for it in items)
+    settings = {
+        "model": model_fingerprint(resolve_model(args.model)),
+        "T": args.num_candidates,
+        "max_pixels": args.max_pixels,
+        "max_new_tokens": args.max_new_tokens,
+        **_sampler_kwargs(args),
+    }
+    for it in items:
+        it["key"] = _item_key(it, settings)
+    with OutputLock(out.parent, name=out.name):
+        done = {r["key"]: r for r in _previous_output(out)}
+        journal = Journal(partial, ("key",))
+        done.update({r["key"]: r for r in journal.records.values() if isinstance(r.get("key"), str)})
+        todo = [it for it in items if it["key"] not in done]
+        if len(todo) < len(items):
+            print(f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done", file=sys.stderr)
+        sheets = Path(args.sheet) if args.sheet else None
+        failed: dict[str, str] = {}
+        if todo:
+            selector = _load_selector(args)
+            for it in tqdm(todo, desc="select", unit="query", file=sys.stderr):
+                try:
+                    res = _run_one(selector, args, it["video"], it["query"], it["options"], it["k"], it["mode"])
+                except Exception as exc:  # one bad video must not stop the batch; it is retried by the next run
+                    failed[it["id"]] = str(exc) if isinstance(exc, KframesError) else f"{type(exc).__name__}: {exc}"
+                    continue
+                rec = {"id": it["id"], "key": it["key"], **res.to_dict()}
+                journal.add(rec)
+                done[it["key"]] = rec
+                if sheets is not None:
+                    _write_sheet(selector, res, sheets / f"{it['id']}.png")
+        atomic_write_jsonl(out, [done[it["key"]] for it in items if it["key"] in done])
+        if not failed:
+            partial.unlink(missing_ok=True)
+    fell = sum(bool(done[it["key"]]["fallback"]) for it in items if it["key"] in done)
     print(
-        f"kframes select: {len(items)} queries -> {out} ({fell} fell back to uniform frames)", file=sys.stderr
+        f"kframes select: {len(items) - len(failed)} of {len(items)} queries -> {out} ({fell} fell back to uniform "
+        "frames)", file=sys.stderr
     )
+    for item_id, message in failed.items():
+        print(f"kframes select: failed: {item_id}: {message}", file=sys.stderr)
+    if failed:
+        print(f"kframes select: error: {len(failed)} of {len(items)} queries failed (rerun to retry them)",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -268,8 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help='clip list as JSON (or a file): [{"start": 12.0, "end": 18.5, "priority": "P1"}]',
     )
-    p.add_argument("--num-frames", type=int, required=True, help="frames in the video")
-    p.add_argument("--fps", type=float, required=True, help="frame rate")
+    p.add_argument("--num-frames", type=positive_int, required=True, help="frames in the video")
+    p.add_argument("--fps", type=finite_float, required=True, help="frame rate")
     p.add_argument(
         "--timestamps", help="JSON file with every frame's presentation time (variable frame rate)"
     )
@@ -297,11 +349,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_sampler_args(p)
     p.add_argument(
-        "--num-candidates", type=int, default=256, help="T: candidate frames shown to the selector"
+        "--num-candidates", type=positive_int, default=256, help="T: candidate frames shown to the selector"
     )
     p.add_argument(
-        "--max-pixels", type=int, default=None, help="pixels per candidate frame (default: the processor's)"
+        "--max-pixels", type=positive_int, default=None, help="pixels per candidate frame (default: the processor's)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation budget")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=_cmd_select)

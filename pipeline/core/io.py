@@ -8,9 +8,14 @@ folder, batch selection, evaluation) appends each finished item to a `Journal`, 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +23,17 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
-from pipeline.core.errors import DataError
+from pipeline.core.errors import DataError, KframesError
+
+
+def _default_file_mode() -> int:
+    """0o666 less the process's umask: what `open()` would create (mkstemp alone gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
 
 
 @contextmanager
@@ -28,7 +43,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, mode) as fh:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -46,6 +62,41 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(folder: str | os.PathLike[str], *, skip: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"size", "sha256"}}` of every file under `folder`: recorded when an artifact is finished, and
+    compared (`verify_digests`) before it is trusted again."""
+    root = Path(folder)
+    skipped = set(skip)
+    return {
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() not in skipped
+    }
+
+
+def verify_digests(folder: str | os.PathLike[str], digests: dict[str, dict[str, Any]], *, hashes: bool = True) -> list[str]:
+    """What no longer matches the recorded digests: `["model.safetensors: 1024 bytes, expected 4096", ...]`."""
+    root = Path(folder)
+    problems = []
+    for name, want in digests.items():
+        p = root / name
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+        elif p.stat().st_size != want.get("size"):
+            problems.append(f"{name}: {p.stat().st_size} bytes, expected {want.get('size')}")
+        elif hashes and want.get("sha256") and sha256_file(p) != want["sha256"]:
+            problems.append(f"{name}: content changed (sha256 differs)")
+    return problems
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -191,3 +242,59 @@ class Journal:
             fh.flush()
             os.fsync(fh.fileno())
         self.records[self.key(rec)] = rec
+
+
+class LockedError(KframesError):
+    """Another process is writing the same output."""
+
+
+class OutputLock:
+    """One writer per output: an exclusive `flock` on `<folder>/.kframes.lock[.<name>]`.
+
+    The kernel releases the lock when its process ends, however it ends (kill -9 included), so a lock left by a dead
+    process is simply taken over. The file says who holds it, for the second writer's error message. Re-entrant
+    within one process (a pipeline that locks its root and then a stage folder inside it never waits on itself).
+    `name` separates writers that may share a folder (the shards of a data build).
+    """
+
+    _held: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth), this process
+
+    def __init__(self, folder: str | os.PathLike[str], name: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / (".kframes.lock" + (f".{name}" if name else ""))
+
+    def __enter__(self) -> OutputLock:
+        key = str(self.path.resolve()) if self.path.parent.exists() else str(self.path.absolute())
+        if key in self._held:
+            fd, depth = self._held[key]
+            self._held[key] = (fd, depth + 1)
+            self._key = key
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            os.close(fd)
+            raise LockedError(
+                f"{self.folder}: another kframes process is writing here ({holder}); wait for it to finish or "
+                "choose another output"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "command": " ".join(sys.argv[:6])}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._held[key] = (fd, 1)
+        self._key = key
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, depth = self._held[self._key]
+        if depth > 1:
+            self._held[self._key] = (fd, depth - 1)
+            return
+        del self._held[self._key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

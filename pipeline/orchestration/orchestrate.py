@@ -18,6 +18,7 @@ The stages run in this process, one after the other (`kframes run` is the one-ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from pipeline.core.config import (
     load_yaml,
 )
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.core.io import atomic_write_json
+from pipeline.core.io import OutputLock, atomic_write_json
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.orchestration.select_stage import heldout_questions, run_select_stage
 from stages.manifest import read_manifest
@@ -319,12 +320,38 @@ def select_stages(plan: Plan, from_stage: str | None = None, only: Sequence[str]
 # ----------------------------------------------------------------------------------------------------
 
 
-def _clear_dir(path: Path, keep: Sequence[str] = ()) -> None:
-    """Start a stage over: remove its folder's contents (but `keep`, e.g. an answer cache worth keeping)."""
+# What each stage writes into its folder: all it ever removes when it starts over. Anything else found there is
+# someone else's, and the stage refuses to start rather than delete it.
+STAGE_OUTPUTS: dict[str, frozenset[str]] = {
+    "data": frozenset({"videos", "failed", "peakclips.jsonl", "summary.json", "tasks", "llm_cache"}),
+    "select": frozenset({"selections.jsonl", "questions.jsonl"}),
+    "eval": frozenset({"run.json", "results.jsonl", "analyses.jsonl", "summary.json", "report.md",
+                       "accuracy_vs_k.png", "questions.jsonl"}),
+}
+
+
+def _ours(stage: str, name: str) -> bool:
+    return name in STAGE_OUTPUTS[stage] or name == RECORD_NAME or name.startswith(".kframes.lock") or (
+        name.startswith(".") and name.endswith(".tmp")  # a killed atomic write
+    )
+
+
+def _clear_dir(stage: str, path: Path, keep: Sequence[str] = ()) -> None:
+    """Start a stage over: remove what the stage wrote in its folder (but `keep`, e.g. an answer cache).
+
+    A folder holding anything the stage does not write is refused, not emptied: it is the user's.
+    """
     if not path.is_dir():
         return
+    foreign = sorted(child.name for child in path.iterdir() if not _ours(stage, child.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"{path}: the {stage} stage would start over here, but the folder holds files it did not write "
+            f"({shown}); move them away or choose another output_dir"
+        )
     for child in path.iterdir():
-        if child.name in keep or child.name == RECORD_NAME:
+        if child.name in keep or child.name == RECORD_NAME or child.name.startswith(".kframes.lock"):
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
@@ -336,7 +363,7 @@ def _run_data(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     cfg = plan.configs["data"]
     out = plan.stage_dir("data")
     if fresh:
-        _clear_dir(out, keep=("llm_cache",))
+        _clear_dir("data", out, keep=("llm_cache",))
     if plan.pipe.samples is not None:
         from pipeline.orchestration.samples import write_samples
 
@@ -345,11 +372,17 @@ def _run_data(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     if not cfg.videos_dir:
         raise ConfigError(f"{plan.pipe.stages.data}: videos_dir: the data stage needs a videos folder")
     built = build_peakclips(cfg, videos_dir=cfg.videos_dir, out_dir=out)
+    failed = "; ".join(f"{v}: {e}" for v, e in list(built.failed.items())[:3])
     if not built.complete:
-        failed = "; ".join(f"{v}: {e}" for v, e in list(built.failed.items())[:3])
-        raise DataError(f"data stage: {len(built.failed)} video(s) failed, so no task files were written ({failed})")
+        raise DataError(
+            f"data stage: {len(built.failed)} video(s) failed and not every video is settled, so no task files were "
+            f"written; rerun to retry them ({failed})"
+        )
+    if built.failed:
+        logger.warning("data stage: %d bad video(s) left out (listed in %s): %s", len(built.failed),
+                       out / "summary.json", failed)
     outputs = {"peakclips": str(out / "peakclips.jsonl"), "tasks": str(out / "tasks")}
-    summary: dict[str, Any] = dict(built.totals)
+    summary: dict[str, Any] = {**built.totals, "failed_videos": len(built.failed)}
     for stage, counts in (built.task_counts or {}).items():
         for split, n in (counts or {}).items():
             if split in ("train", "val"):
@@ -373,7 +406,7 @@ def _run_train(plan: Plan, stage: str, fresh: bool) -> tuple[dict[str, str], dic
 def _run_select(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     out = plan.stage_dir("select")
     if fresh:
-        _clear_dir(out)
+        _clear_dir("select", out)
     questions = heldout_questions(
         plan.pipe.select,
         samples_dir=plan.samples_dir if plan.pipe.samples is not None else None,
@@ -392,7 +425,7 @@ def _run_select(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]
 def _run_eval(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     out = plan.stage_dir("eval")
     if fresh:
-        _clear_dir(out)
+        _clear_dir("eval", out)
     summary = evaluate(plan.configs["eval"])
     short = {  # pipeline.evaluation.report.summarize: selectors -> k -> {accuracy, n, cost, ...}
         f"accuracy/{sel}/k{k}": cell.get("accuracy")
@@ -508,13 +541,19 @@ def run_pipeline(
     force: bool = False,
     on_outcome: Callable[[StageOutcome], None] | None = None,
 ) -> list[StageOutcome]:
-    """Run the selected stages in order; `force` starts each selected stage over even when it is done."""
+    """Run the selected stages in order; `force` starts each selected stage over even when it is done.
+
+    The pipeline's folder is locked for the run (by the main process): a second `kframes run` on it fails at once
+    with the first one's pid and host, instead of training into the same checkpoints.
+    """
     outcomes = []
-    for stage in select_stages(plan, from_stage, only):
-        outcome = run_stage(plan, stage, force=force)
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    stages = select_stages(plan, from_stage, only)
+    with OutputLock(plan.root) if _is_main_process() else contextlib.nullcontext():
+        for stage in stages:
+            outcome = run_stage(plan, stage, force=force)
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     return outcomes
 
 
