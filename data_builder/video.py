@@ -188,9 +188,19 @@ def _is_vfr(starts: np.ndarray) -> bool:
     return bool(deltas.max() - deltas.min() > 0.5 * float(np.median(deltas)))
 
 
+# Qwen2-VL's image processor refuses frames more elongated than this (smart_resize); such a video could pass scene
+# detection and then stop training, selection and evaluation, so it is refused where it is first read.
+MAX_ASPECT_RATIO = 200
+
+
 def _make_info(path: Path, vr: Any, starts: np.ndarray, end_s: float, box: _Container, width: int, height: int) -> VideoInfo:
     n = len(vr)
     _check_complete(path, n, box.declared_frames)
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise VideoError(
+            f"{path}: {width}x{height} frames: an aspect ratio beyond {MAX_ASPECT_RATIO}:1, which the selector's "
+            "image processor cannot take"
+        )
     duration = max(end_s, 1e-6)
     fps = float(vr.get_avg_fps() or 0.0) or n / duration
     return VideoInfo(

@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,30 @@ def _segment_one(path: str, cfg_json: str) -> tuple[str, str, str]:
 
 
 def _run(paths: list[str], cfg_json: str, workers: int) -> Iterator[tuple[str, str, str]]:
+    """(path, status, payload) per video, in completion order.
+
+    A worker that dies (the OOM killer, a decoder crash) breaks the whole process pool; the videos it left
+    unfinished are then run one per fresh single-worker pool, so the one that kills its worker is reported as
+    failed and the others still finish.
+    """
     if workers <= 1 or len(paths) <= 1:
         for p in paths:
             yield _segment_one(p, cfg_json)
         return
+    unfinished: list[str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_segment_one, paths, [cfg_json] * len(paths))
+        futures = {pool.submit(_segment_one, p, cfg_json): p for p in paths}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except BrokenProcessPool:
+                unfinished.append(futures[fut])
+    for p in sorted(unfinished, key=paths.index):
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            try:
+                yield pool.submit(_segment_one, p, cfg_json).result()
+            except BrokenProcessPool:
+                yield p, "error", f"{p}: the worker segmenting it died (out of memory, or the decoder crashed)"
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:

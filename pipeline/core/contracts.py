@@ -27,9 +27,26 @@ TASK_NAMES = (
 
 
 class Record(BaseModel):
-    """Base of every contract: strict about unknown fields, validated on assignment."""
+    """Base of every contract: strict about unknown fields, validated on assignment, every float finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _check_scene_list(scenes: list[Scene], video: VideoInfo) -> None:
+    """Scenes in order, numbered 0.., not overlapping, and inside the video (in frames and in seconds)."""
+    slack_s = 1.0 / video.fps + 1e-3
+    for i, scene in enumerate(scenes):
+        if scene.index != i:
+            raise ValueError(f"scene {scene.index} is at position {i}: scenes must be numbered 0, 1, 2, ... in order")
+        if scene.end_frame > video.num_frames:
+            raise ValueError(f"scene {scene.index} ends at frame {scene.end_frame}, past the video ({video.num_frames} frames)")
+        if scene.end_s > video.duration_s + slack_s:
+            raise ValueError(f"scene {scene.index} ends at {scene.end_s}s, past the video ({video.duration_s}s)")
+        if i and scene.start_frame < scenes[i - 1].end_frame:
+            raise ValueError(
+                f"scene {scene.index} starts at frame {scene.start_frame}, before scene {i - 1} ends "
+                f"({scenes[i - 1].end_frame}): scenes overlap or are out of order"
+            )
 
 
 class VideoInfo(Record):
@@ -146,11 +163,7 @@ class VideoScenes(Record):
 
     @model_validator(mode="after")
     def _inside_video(self) -> VideoScenes:
-        for scene in self.scenes:
-            if scene.end_frame > self.video.num_frames:
-                raise ValueError(
-                    f"scene {scene.index} ends at frame {scene.end_frame}, past the video ({self.video.num_frames} frames)"
-                )
+        _check_scene_list(self.scenes, self.video)
         return self
 
 
@@ -164,10 +177,7 @@ class PeakClipsRecord(Record):
 
     @model_validator(mode="after")
     def _inside_video(self) -> PeakClipsRecord:
-        n = self.video.num_frames
-        for scene in self.scenes:
-            if scene.end_frame > n:
-                raise ValueError(f"scene {scene.index} ends at frame {scene.end_frame}, past the video ({n} frames)")
+        _check_scene_list(self.scenes, self.video)
         scene_ids = {s.index for s in self.scenes}
         for cap in self.captions:
             if cap.scene_index not in scene_ids:
@@ -223,6 +233,18 @@ class TrainingExample(Record):
             )
         if any(f < 0 for f in self.frame_indices):
             raise ValueError("frame_indices must be >= 0")
+        if any(t < 0 for t in self.timestamps_s):
+            raise ValueError("timestamps_s must be >= 0")
+        if any(b <= a for a, b in zip(self.frame_indices, self.frame_indices[1:])) or any(
+            b < a for a, b in zip(self.timestamps_s, self.timestamps_s[1:])
+        ):
+            raise ValueError("frame_indices must increase and timestamps_s must not decrease")
+        if self.duration_s is not None:
+            if any(t > self.duration_s for t in self.timestamps_s):
+                raise ValueError(f"a timestamp is past the video ({self.duration_s}s)")
+            for clip in self.target_clips or []:
+                if clip.end_s > self.duration_s + 1e-3:
+                    raise ValueError(f"target clip ends at {clip.end_s}s, past the video ({self.duration_s}s)")
         if self.num_frames is not None and any(f >= self.num_frames for f in self.frame_indices):
             raise ValueError(f"a frame index is past the video ({self.num_frames} frames)")
         if self.task == "grpo.mcq":

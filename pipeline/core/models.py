@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.prompt import SELECTOR_INSTRUCTION
+from pipeline.core.io import file_digests, verify_digests
+from pipeline.core.prompt import SELECTOR_INSTRUCTION, TASK_INSTRUCTIONS
 
 # Qwen2-VL's chat template, with `{% generation %}` markers around the assistant's text so that
 # `return_assistant_tokens_mask` (and TRL's assistant_only_loss) can find it.
@@ -254,6 +255,13 @@ def build_once(
     if (out / marker).is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # our own folder, left without its marker (copied by hand, cut short): built again
+        stale = Path(tempfile.mkdtemp(prefix=f".{kind}-stale-", dir=root))
+        try:
+            os.replace(out, stale / "old")
+        except OSError:
+            pass  # another process is replacing it right now
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=root))
     try:
         build(tmp)
@@ -317,7 +325,31 @@ def resolve_model(name_or_path: str) -> str:
         return str(build_tiny_model())
     if name_or_path == "tiny-clip":
         return str(build_tiny_clip())
+    if name_or_path == "demo":
+        return str(build_demo_model())
     p = Path(name_or_path)
     if (p / "final").is_dir() and not (p / "config.json").is_file():
         return str(p / "final")
     return name_or_path
+
+
+def model_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A content hash of a model folder: what a resumable result computed with this model is keyed by.
+
+    A folder retrained in place gets a new fingerprint even though its path is the same. A training stage's
+    `final/stage.json` records the digests of every file it saved; when they are there and the sizes still match,
+    they are used instead of hashing gigabytes again. Hub ids (no such folder) are keyed by their name.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return f"name:{p}"
+    digests: dict[str, Any] | None = None
+    manifest = p / "stage.json"
+    if manifest.is_file():
+        try:
+            digests = json.loads(manifest.read_text(encoding="utf-8")).get("files") or None
+        except (ValueError, AttributeError):
+            digests = None
+    if digests is None or verify_digests(p, digests, hashes=False):
+        digests = file_digests(p, skip=("stage.json",))
+    return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in digests.items()}, sort_keys=True).encode()).hexdigest()

@@ -443,10 +443,10 @@ def sample_frames(
     if not 0.0 <= background_share <= 1.0:
         raise SamplerError(f"background_share must be in [0, 1], got {background_share}")
     w = {**DEFAULT_WEIGHTS, **(weights or {})}  # a partial mapping keeps the default for the other priority
-    if set(w) != set(PRIORITY_RANK) or any(not v > 0 for v in w.values()):
+    if set(w) != set(PRIORITY_RANK) or any(not (math.isfinite(v) and v > 0) for v in w.values()):
         raise SamplerError(f"weights must be positive and only for P1 and P2, got {dict(weights or {})}")
-    if p.gamma <= 0 or p.tau_c <= 0 or p.temperature <= 0 or p.alpha <= 0 or p.num_candidates <= 0:
-        raise SamplerError("gamma, tau_c, temperature, alpha and num_candidates must be positive")
+    if not all(math.isfinite(x) and x > 0 for x in (p.gamma, p.tau_c, p.temperature, p.alpha, p.num_candidates)):
+        raise SamplerError("gamma, tau_c, temperature, alpha and num_candidates must be positive and finite")
     num_frames, k = int(num_frames), int(k)
     k_eff = min(k, num_frames)
     tl = _Timeline(num_frames, float(fps), timestamps_s)
@@ -494,7 +494,8 @@ def sample_frames(
         _refill(missed, valid, tl, picker)
 
     indices = sorted(picker.used)
-    assert len(indices) == k_eff, (len(indices), k_eff)
+    if len(indices) != k_eff:  # an invariant of the placement above, checked even under `python -O`
+        raise RuntimeError(f"sampler placed {len(indices)} frames instead of {k_eff}")
     arr = np.array(indices, dtype=np.int64)
     allocations = []
     in_any = np.zeros(arr.shape, dtype=bool)
