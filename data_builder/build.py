@@ -37,6 +37,7 @@ from data_builder.scenes import segment_video
 from data_builder.video import VIDEO_EXTENSIONS, FrameCache
 from pipeline.core.contracts import PeakClipsRecord, QueryAnnotation, Scene, SceneCaption, VideoInfo
 from pipeline.core.errors import BackendError, ConfigError, DataError, KframesError
+from pipeline.core.secrets import redact
 from pipeline.core.io import atomic_write_json, atomic_write_jsonl
 
 log = logging.getLogger(__name__)
@@ -302,12 +303,12 @@ def build_peakclips(
         try:
             record, meta = annotator.annotate(video_id, path)
         except BackendError as exc:  # the annotating server failed: the video is retried by the next run
-            summary.failed[video_id] = str(exc)
+            summary.failed[video_id] = redact(str(exc))
             summary.retry.append(video_id)
             log.error("%s: %s", path, exc)
             continue
         except Exception as exc:  # a bad video or bad content must not stop a 6,700-video build
-            message = str(exc) if isinstance(exc, KframesError) else f"{path}: {type(exc).__name__}: {exc}"
+            message = redact(str(exc) if isinstance(exc, KframesError) else f"{path}: {type(exc).__name__}: {exc}")
             summary.failed[video_id] = message
             atomic_write_json(failed_file(out, video_id), {"video": str(path), "error": message})
             log.error("%s", message)

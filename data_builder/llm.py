@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from pipeline.core.errors import BackendError, ConfigError
 from pipeline.core.io import atomic_write_json
 from pipeline.core.models import resolve_model
+from pipeline.core.secrets import redact, register_secret
 from pipeline.core.retry import RetryableError, with_retries
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env)
         if key:  # local vLLM servers usually need none
+            register_secret(key)
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s))
 
@@ -142,11 +144,11 @@ class OpenAIBackend:
             raise RetryableError(f"HTTP {resp.status_code}")
         if resp.status_code >= 400:
             # Not retryable (bad model, bad key, bad request). The body helps; the request headers never appear.
-            raise BackendError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}")
+            raise BackendError(redact(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}"))
         try:
             text = resp.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise RetryableError(f"malformed response body: {resp.text[:120]!r}") from None
+            raise RetryableError(redact(f"malformed response body: {resp.text[:120]!r}")) from None
         if not isinstance(text, str):
             raise RetryableError("malformed response body: message content is not a string")
         return text

@@ -81,6 +81,13 @@ class FakeServer:
                     return self._send(200, b'{"object": "chat.completion"}')
                 if mode == "bad-request":
                     return self._send(400, b'{"error": "model not found"}')
+                auth = (self.headers.get("Authorization") or "").encode()
+                if mode == "echo-401":  # gateways echo the request's headers in their errors
+                    return self._send(401, b'{"error": "bad key: ' + auth + b'"}')
+                if mode == "echo-500":
+                    return self._send(500, b'{"error": "upstream failed for ' + auth + b'"}')
+                if mode == "echo-malformed":
+                    return self._send(200, b"<html>" + auth + b"</html>")
                 return self._send(200, ok.encode())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -216,3 +223,16 @@ def test_transformers_backend_tiny_model_batches_and_is_deterministic(tiny_model
     cached = CachedBackend(backend, tmp_path / "c", {"max_new_tokens": 6})
     assert cached.generate(reqs) == out and cached.misses == 3
     assert CachedBackend(backend, tmp_path / "c", {"max_new_tokens": 6}).generate(reqs) == out
+
+
+@pytest.mark.parametrize("mode", ["echo-401", "echo-500", "echo-malformed"])
+def test_a_server_echoing_the_key_never_gets_it_into_errors_logs_or_summaries(server, backend, tmp_path, caplog, mode):
+    from pipeline.core.logs import setup_logging
+
+    setup_logging()
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(BackendError) as err:
+            backend.generate([LLMRequest(prompt=f"{mode}: q")])
+    assert SECRET not in str(err.value) and SECRET not in caplog.text
+    if mode != "echo-500":  # the body is part of these errors: the key in it is masked
+        assert "***" in str(err.value)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.cli import basic, data, evaluate, run, scenes, select, submit, train
 from pipeline.core.errors import KframesError
+from pipeline.core.secrets import redact
 
 COMMAND_MODULES = (basic, scenes, data, select, evaluate, train, run, submit)
 
@@ -37,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except KframesError as exc:
-        print(f"kframes {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"kframes {args.command}: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"kframes {args.command}: interrupted", file=sys.stderr)

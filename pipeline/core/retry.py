@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pipeline.core.errors import BackendError
+from pipeline.core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,10 @@ def with_retries(fn: Callable[[], T], *, what: str, max_retries: int, backoff_s:
         try:
             return fn()
         except RetryableError as exc:
+            reason = redact(str(exc))
             if attempt == max_retries:
-                raise BackendError(f"{what}: {exc} (after {max_retries + 1} attempts)") from None
+                raise BackendError(redact(f"{what}: {reason} (after {max_retries + 1} attempts)")) from None
             delay = backoff_s * (2**attempt)
-            log.warning("%s: %s; retrying in %.2fs (%d/%d)", what, exc, delay, attempt + 1, max_retries)
+            log.warning("%s: %s; retrying in %.2fs (%d/%d)", redact(what), reason, delay, attempt + 1, max_retries)
             time.sleep(delay)
     raise AssertionError("unreachable")
