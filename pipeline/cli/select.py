@@ -250,7 +250,7 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
         done = {r["key"]: r for r in _previous_output(out)}
         journal = Journal(partial, ("key",))
         done.update({r["key"]: r for r in journal.records.values() if isinstance(r.get("key"), str)})
-        todo = [it for it in items if it["key"] not in done]
+        todo = list({it["key"]: it for it in reversed(items) if it["key"] not in done}.values())[::-1]
         if len(todo) < len(items):
             print(f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done", file=sys.stderr)
         sheets = Path(args.sheet) if args.sheet else None
@@ -268,7 +268,8 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
                 done[it["key"]] = rec
                 if sheets is not None:
                     _write_sheet(selector, res, sheets / f"{it['id']}.png")
-        atomic_write_jsonl(out, [done[it["key"]] for it in items if it["key"] in done])
+        # items with the same content share one result (computed once), each under its own id
+        atomic_write_jsonl(out, [{**done[it["key"]], "id": it["id"]} for it in items if it["key"] in done])
         if not failed:
             partial.unlink(missing_ok=True)
     fell = sum(bool(done[it["key"]]["fallback"]) for it in items if it["key"] in done)
