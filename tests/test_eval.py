@@ -286,3 +286,104 @@ def test_gpu_recipe_is_the_papers_setting() -> None:
     assert [s.name for s in cfg.selectors][:2] == ["uniform", "kframes"]
     assert cfg.selectors[1].num_candidates == 256 and cfg.selectors[1].mode == "auto"
     assert len({make_selector(s).label for s in cfg.selectors}) == len(cfg.selectors)  # distinct table rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Breakdowns as each benchmark reports them; skipped records in the summary; the dry run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rec(qid: str, correct: bool, types: list[str], group: str | None = None) -> dict:
+    return {"selector": "uniform", "k": 8, "question_id": qid, "task_type": types[0], "task_types": types,
+            "duration_group": group, "correct": correct}
+
+
+def _breakdown(benchmark: str, records: list[dict]) -> dict:
+    from pipeline.core.config import DownstreamSection
+    from pipeline.evaluation.report import summarize
+
+    s = summarize(records, benchmark=benchmark, downstream=DownstreamSection(), selectors=["uniform"], ks=[8])
+    return s["selectors"]["uniform"]["8"]["breakdown"]
+
+
+def test_breakdowns_follow_each_benchmarks_own_reporting() -> None:
+    vm = [_rec("1", True, ["OCR Problems"], "long"), _rec("2", False, ["OCR Problems"], "long"),
+          _rec("3", True, ["Counting Problem"], "short")]
+    assert _breakdown("videomme", vm) == {"short": 1.0, "long": 0.5}
+    assert list(_breakdown("videomme", vm + [_rec("4", True, ["x"], "medium")])) == ["short", "medium", "long"]
+    lvb = [_rec("1", True, ["TOS"], "900-3600s"), _rec("2", False, ["TOS"], "8-15s"), _rec("3", True, ["SSS"], "8-15s")]
+    assert list(_breakdown("longvideobench", lvb).items()) == [("8-15s", 0.5), ("900-3600s", 1.0)]
+    # LVBench: a question with two categories counts in both (LVBench's compute_accuracy).
+    lv = [_rec("1", True, ["reasoning", "event understanding"]), _rec("2", False, ["reasoning"]),
+          _rec("3", False, ["key information retrieval", "temporal grounding"])]
+    assert _breakdown("lvbench", lv) == {"EU": 1.0, "KIR": 0.0, "TG": 0.0, "Rea": 0.5}
+    # MLVU: M-Avg is the mean of the task accuracies, not the accuracy over all questions.
+    mlvu = [_rec("1", True, ["plotQA"]), _rec("2", True, ["plotQA"]), _rec("3", True, ["plotQA"]),
+            _rec("4", False, ["count"])]
+    assert _breakdown("mlvu", mlvu) == {"plotQA": 1.0, "count": 0.0, "M-Avg": 0.5}
+    # NExT-QA: causal CW+CH, temporal TN+TC+TP (its scorer folds TP into TN), descriptive DC+DL+DO.
+    nq = [_rec("1", True, ["CW"]), _rec("2", False, ["CH"]), _rec("3", True, ["TP"]), _rec("4", True, ["DO"])]
+    assert _breakdown("nextqa", nq) == {"causal": 0.5, "temporal": 1.0, "descriptive": 1.0}
+    assert _breakdown("jsonl", nq) == {}
+
+
+def test_eval_summary_and_report_count_skipped_records(shared_data: Path, tmp_path: Path) -> None:
+    data = _questions(shared_data, tmp_path)
+    lines = data.read_text().splitlines()
+    broken = json.loads(lines[0]) | {"question_id": "broken", "answer": 7}
+    data.write_text("\n".join(lines + [json.dumps(broken)]) + "\n")
+    cfg = EvalConfig(benchmark="jsonl", data=str(data), k=[2], output_dir=str(tmp_path / "run"))
+    summary = evaluate(cfg, backend=EvidenceBackend(), selectors=[UniformSelector()], progress=False)
+    d = summary["data"]
+    assert (d["questions"], d["skipped"], d["records"]) == (4, 1, 5)
+    assert d["skipped_records"] == [f"{data}:5: answer: answer 7 is outside the 3 options"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Questions: 4 loaded from" in report and "1 of 5 questions skipped" in report
+    strict = cfg.model_copy(update={"strict": True, "output_dir": str(tmp_path / "strict")})
+    with pytest.raises(DataError, match=r"questions\.jsonl:5: answer: .*--strict"):
+        evaluate(strict, backend=EvidenceBackend(), selectors=[UniformSelector()], progress=False)
+
+
+def test_cli_dry_run_on_the_published_mlvu(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli.main import main
+
+    folder = shared_data / "benchmarks" / "mlvu" / "json"
+    out = tmp_path / "dry"
+    assert main(["eval", "--benchmark", "mlvu", "--data", str(folder), "--dry-run", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)  # one JSON document on stdout
+    assert (summary["questions"], summary["skipped"], summary["skipped_line"]) == (2172, 3, "3 of 2,175 questions skipped")
+    assert len(summary["skipped_records"]) == 3 and summary["skipped_records"][2].endswith("7_topic_reasoning.json:340: question: empty")
+    assert summary["task_types"]["count"] == 206 and summary["files"]["2_needle.json"] == {"records": 355, "questions": 353, "skipped": 2}
+    videos = summary["videos"]
+    assert videos["missing"] == videos["distinct"] == len(videos["missing_list"]) > 1000  # listed, not an error
+    assert videos["missing_list"][0] == str(shared_data / "benchmarks" / "mlvu" / "video" / "1_plotQA" / "movie101_66.mp4")
+    written = load_questions("jsonl", out / "questions.jsonl")
+    assert len(written) == 2172 and written[0].question_id == "1_plotQA/0" and written[0].benchmark == "mlvu"
+    assert written[0].duration_s == 246.0 and written[0].task_types == ["plotQA"]
+
+    # --limit, a rerun into the same folder, and a folder whose questions.jsonl it did not write
+    assert main(["eval", "--benchmark", "videomme", "--data", str(shared_data / "benchmarks" / "videomme" /
+                 "test-00000-of-00001.parquet"), "--dry-run", "--limit", "5", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["questions"] == 5 and summary["duration_groups"] == {"short": 5} and summary["records"] == 2700
+    assert len(load_questions("jsonl", out / "questions.jsonl")) == 5
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "questions.jsonl").write_text("{}\n")
+    assert main(["eval", "--benchmark", "mlvu", "--data", str(folder), "--dry-run", "--out", str(foreign)]) == 2
+    assert "was not written by `kframes eval --dry-run`" in capsys.readouterr().err
+    assert (foreign / "questions.jsonl").read_text() == "{}\n"
+    assert main(["eval", "--benchmark", "mlvu", "--data", str(folder), "--dry-run", "--strict"]) == 2
+    assert "2_needle.json:444: answer:" in capsys.readouterr().err
+
+
+def test_a_jsonl_of_one_benchmarks_questions_is_reported_as_that_benchmark() -> None:
+    from pipeline.evaluation.evaluate import reported_benchmark
+
+    def q(i: int, bench: str) -> EvalQuestion:
+        return EvalQuestion(question_id=str(i), video="v.mp4", question="q", options=["a", "b"], answer=0, benchmark=bench)
+
+    assert reported_benchmark("jsonl", [q(1, "mlvu"), q(2, "mlvu")]) == "mlvu"  # e.g. a dry run's questions.jsonl
+    assert reported_benchmark("jsonl", [q(1, "mlvu"), q(2, "nextqa")]) == "jsonl"
+    assert reported_benchmark("jsonl", [q(1, "jsonl")]) == "jsonl"
+    assert reported_benchmark("videomme", [q(1, "mlvu")]) == "videomme"

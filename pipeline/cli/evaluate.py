@@ -3,8 +3,12 @@
     kframes eval --benchmark mlvu --data MLVU/json --selector uniform,kframes --selector-model runs/grpo \\
                  --k 8,32,64 --downstream transformers:Qwen/Qwen2.5-VL-7B-Instruct --out runs/eval/mlvu
     kframes eval --config configs/eval/qwen2_5_vl_7b.yaml --set data=MLVU/json
+    kframes eval --benchmark mlvu --data MLVU/json --dry-run --out runs/eval/mlvu_questions
 
-Flags override the recipe's values; without `--config` the flags alone describe the run.
+Flags override the recipe's values; without `--config` the flags alone describe the run. `--dry-run` loads the
+benchmark without any model and prints one JSON summary on stdout: questions loaded, records skipped with their
+reasons, questions per task type and per duration group, and the videos not found; with `--out DIR` it also
+writes the loaded questions to `DIR/questions.jsonl`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ from typing import Any
 
 from pipeline.core.config import SAMPLER_MODES, EvalConfig, apply_overrides, load_yaml, validate_config
 from pipeline.core.errors import ConfigError
-from pipeline.evaluation.evaluate import evaluate
-from pipeline.evaluation.report import render_markdown
+from pipeline.evaluation.benchmarks import BENCHMARKS
 
 SELECTOR_NAMES = ("uniform", "similarity", "bolt", "kframes")
 
@@ -49,6 +52,8 @@ def build_config(args: argparse.Namespace) -> Any:
                       ("out", "output_dir"), ("limit", "limit")):
         if getattr(args, flag) is not None:
             raw[key] = getattr(args, flag)
+    if args.strict:
+        raw["strict"] = True
     if args.k is not None:
         raw["k"] = parse_ks(args.k)
     if args.downstream is not None:
@@ -75,10 +80,17 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
+    from pipeline.evaluation.evaluate import dry_run, evaluate
+    from pipeline.evaluation.report import render_markdown
 
     cfg = build_config(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(cfg, args.out), indent=2, ensure_ascii=False))
+        return 0
+
     summary = evaluate(cfg, progress=not args.quiet)
     print(render_markdown(summary))
     print(f"results: {Path(cfg.output_dir) / 'results.jsonl'}  plot: {Path(cfg.output_dir) / 'accuracy_vs_k.png'}")
@@ -89,14 +101,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="answer a benchmark with a downstream model over each selector's k frames (accuracy, cost, plot)",
-        description="Evaluate frame selectors: accuracy per k and task type, cost per question, a markdown "
-        "table and an accuracy-vs-k plot. Resumable: rerun the same command to continue.",
+        description="Evaluate frame selectors: accuracy per k, per task type and as the benchmark itself reports "
+        "it, cost per question, a markdown table and an accuracy-vs-k plot. Resumable: rerun the same command to "
+        "continue. Malformed benchmark records are skipped and reported (--strict: an error); --dry-run loads the "
+        "benchmark without any model and prints what it holds.",
     )
     p.add_argument("--config", help="eval recipe (configs/eval/*.yaml); flags override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set downstream.max_pixels=200704 (repeatable)")
-    p.add_argument("--benchmark", choices=["mlvu", "videomme", "longvideobench", "lvbench", "nextqa", "jsonl"])
+    p.add_argument("--benchmark", choices=list(BENCHMARKS))
     p.add_argument("--data", help="annotation file (MLVU: a task .json or the json/ folder)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load the benchmark without a model and print a JSON summary (with --out: write questions.jsonl)")
+    p.add_argument("--strict", action="store_true",
+                   help="a malformed record in the benchmark file is an error (default: skipped and reported)")
     p.add_argument("--video-root", help="folder of the videos (default: the benchmark's download layout)")
     p.add_argument("--selector", help="comma-separated: uniform, similarity, bolt, kframes")
     p.add_argument("--selector-model", help="kframes: trained selector folder (or 'tiny')")
@@ -108,6 +126,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--downstream-model", help="vllm: the served model name (default Qwen/Qwen2.5-VL-7B-Instruct)")
     p.add_argument("--device", default="cpu", help="device of the selector models (cpu, cuda, cuda:1)")
     p.add_argument("--out", help="run folder (default runs/eval)")
-    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--limit", type=int, help="only the first N questions (after skipping malformed records)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)

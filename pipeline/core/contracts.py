@@ -257,20 +257,45 @@ class TrainingExample(Record):
 
 
 class EvalQuestion(Record):
-    """One benchmark question, whatever benchmark it came from (the loaders' common type)."""
+    """One benchmark question, whatever benchmark it came from (the loaders' common type).
+
+    `task_types` holds every type the benchmark gives (an LVBench question can have several, and counts in
+    each); `task_type` is the first, kept for one-type consumers. Either may be given: the other follows.
+    `duration_s` is the video's length where the annotation states it; `duration_group` is the benchmark's
+    own length bucket (Video-MME short/medium/long, LongVideoBench 8-15s ... 900-3600s), which is how those
+    benchmarks report accuracy.
+    """
 
     question_id: str = Field(min_length=1)
     video: str = Field(min_length=1)
     question: str = Field(min_length=1)
     options: list[str] = Field(min_length=2)
     answer: int
-    task_type: str = "default"
+    task_type: str = Field("default", min_length=1)
+    task_types: list[str] = Field(default_factory=list)
+    duration_s: float | None = Field(None, gt=0)
+    duration_group: str | None = Field(None, min_length=1)
     benchmark: str = "jsonl"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _types_agree(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            types = data.get("task_types") or []
+            if not types:
+                data = {**data, "task_types": [data.get("task_type") or "default"]}
+            elif data.get("task_type") in (None, "default"):
+                data = {**data, "task_type": types[0]}
+        return data
 
     @model_validator(mode="after")
     def _answer_in_options(self) -> EvalQuestion:
         if not 0 <= self.answer < len(self.options):
             raise ValueError(f"answer {self.answer} is outside options (0..{len(self.options) - 1})")
+        if self.task_type not in self.task_types:
+            raise ValueError(f"task_type {self.task_type!r} is not one of task_types {self.task_types}")
+        if len(set(self.task_types)) != len(self.task_types) or not all(t.strip() for t in self.task_types):
+            raise ValueError(f"task_types {self.task_types} must be distinct, non-empty names")
         return self
 
 

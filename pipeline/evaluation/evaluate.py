@@ -10,7 +10,8 @@ Outputs in the run folder:
 - `results.jsonl`: per question, selector and k: prediction, correctness, option log-probs, frames,
   timestamps, and the cost: selection time (analysis + choice), decode time, downstream time, frames and
   visual tokens;
-- `summary.json`, `report.md` (accuracy per k, per task type, cost per question) and `accuracy_vs_k.png`.
+- `summary.json`, `report.md` (accuracy per k, per task type, the benchmark's own breakdown, cost per
+  question, and how many questions were loaded and skipped) and `accuracy_vs_k.png`.
 
 The two JSONL files are append-only journals (one fsynced line per record); a line torn by a kill is
 dropped on resume. Everything else is written atomically.
@@ -19,6 +20,7 @@ dropped on resume. Everything else is written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -30,10 +32,12 @@ from pipeline.core.contracts import EvalQuestion
 from pipeline.core.errors import DataError, VideoError
 from pipeline.core.io import Journal, atomic_write_json
 from pipeline.core.models import resolve_model
-from pipeline.evaluation.benchmarks import load_questions
-from pipeline.evaluation.report import summarize, write_reports
+from pipeline.evaluation.benchmarks import check_videos_exist, load_benchmark, missing_videos, write_questions_jsonl
+from pipeline.evaluation.report import BREAKDOWNS, summarize, write_reports
 from pipeline.inference.frame_selectors import FrameSelector, VideoTimeline, make_selector
 from rewards.backends import MCQRequest
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
@@ -116,6 +120,34 @@ def _check_run_folder(out: Path, cfg: EvalConfig) -> None:
     atomic_write_json(run_file, {"fingerprint": fp, "config": cfg.model_dump(mode="json")})
 
 
+DRY_RUN_QUESTIONS = "questions.jsonl"
+DRY_RUN_SUMMARY = "dry_run.json"
+
+
+def dry_run(cfg: EvalConfig, out: str | None = None) -> dict[str, Any]:
+    """Load the benchmark as `evaluate` would, without any model: what was loaded and skipped, the counts per task
+    type and duration group, and the videos not found (listed, not an error). With `out`, the questions go to
+    `out/questions.jsonl` and this summary to `out/dry_run.json`; a `questions.jsonl` that a dry run did not
+    write (no `dry_run.json` beside it) is never overwritten.
+    """
+    loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
+    questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
+    missing = missing_videos(questions)
+    summary = {
+        **loaded.summary(questions),
+        "limit": cfg.limit,
+        "videos": {"distinct": len({q.video for q in questions}), "missing": len(missing), "missing_list": missing},
+    }
+    if out is not None:
+        target, marker = Path(out) / DRY_RUN_QUESTIONS, Path(out) / DRY_RUN_SUMMARY
+        if target.exists() and not marker.is_file():
+            raise DataError(f"{target}: exists and was not written by `kframes eval --dry-run`; choose another --out")
+        write_questions_jsonl(target, questions)
+        summary["questions_file"] = str(target)
+        atomic_write_json(marker, summary)
+    return summary
+
+
 def evaluate(
     cfg: EvalConfig,
     *,
@@ -126,17 +158,24 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run (or resume) an evaluation; returns the summary also written to `<output_dir>/summary.json`.
 
-    `backend` (a `rewards.backends.DownstreamBackend`) and `selectors` default to those the config
-    describes; passing them lets a caller reuse loaded models.
+    `questions` default to the benchmark's (`cfg.benchmark`, `cfg.data`): malformed records are skipped and
+    counted in the summary's `data` (an error with `cfg.strict`). `backend` (a
+    `rewards.backends.DownstreamBackend`) and `selectors` default to those the config describes; passing them
+    lets a caller reuse loaded models.
     """
     from tqdm import tqdm
-
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_run_folder(out, cfg)
+    data: dict[str, Any] | None = None
     if questions is None:
-        questions = load_questions(cfg.benchmark, cfg.data, video_root=cfg.video_root, limit=cfg.limit, check_videos=True)
+        loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
+        questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
+        check_videos_exist(questions, loaded.path)
+        data = {**loaded.summary(questions), "limit": cfg.limit}
+        for s in loaded.skipped:
+            log.warning("skipped %s", s)
     if selectors is None:
         selectors = [make_selector(s) for s in cfg.selectors]
     labels = [s.label for s in selectors]
@@ -183,21 +222,38 @@ def evaluate(
                 if results.get(sel.label, k, q.question_id) is None:
                     results.add(_answer(sel, q, k, meta, analysis, frames, backend, counter, cfg.downstream))
 
+    by_id = {q.question_id: q for q in questions}
     summary = summarize(
-        [r for r in results.records.values() if r["selector"] in labels and r["k"] in ks and
-         r["question_id"] in {q.question_id for q in questions}],
-        benchmark=cfg.benchmark,
+        [_with_question_fields(r, by_id[r["question_id"]]) for r in results.records.values()
+         if r["selector"] in labels and r["k"] in ks and r["question_id"] in by_id],
+        benchmark=reported_benchmark(cfg.benchmark, questions),
         downstream=cfg.downstream,
         selectors=labels,
         ks=ks,
+        data=data,
     )
     write_reports(out, summary)
     return summary
 
 
+def reported_benchmark(benchmark: str, questions: list[EvalQuestion]) -> str:
+    """The benchmark whose breakdown the report uses: a `jsonl` file of one benchmark's questions (what
+    `kframes eval --dry-run --out` writes) is reported as that benchmark."""
+    kinds = {q.benchmark for q in questions}
+    if benchmark == "jsonl" and len(kinds) == 1 and next(iter(kinds)) in BREAKDOWNS:
+        return next(iter(kinds))
+    return benchmark
+
+
+def _with_question_fields(rec: dict[str, Any], q: EvalQuestion) -> dict[str, Any]:
+    """A result with its question's task types and duration group as loaded now (what the breakdown groups by)."""
+    return {**rec, "task_types": q.task_types, "duration_group": q.duration_group}
+
+
 def _error_record(sel: FrameSelector, q: EvalQuestion, k: int, error: str) -> dict[str, Any]:
     return {"selector": sel.label, "selector_id": sel.selector_id, "k": k, "question_id": q.question_id,
-            "task_type": q.task_type, "answer": q.answer, "pred": None, "correct": False, "error": error}
+            "task_type": q.task_type, "task_types": q.task_types, "duration_group": q.duration_group,
+            "answer": q.answer, "pred": None, "correct": False, "error": error}
 
 
 def _answer(
@@ -231,6 +287,8 @@ def _answer(
         "k": k,
         "question_id": q.question_id,
         "task_type": q.task_type,
+        "task_types": q.task_types,
+        "duration_group": q.duration_group,
         "answer": q.answer,
         "pred": pred,
         "correct": pred == q.answer,
@@ -248,7 +306,3 @@ def _answer(
         "info": sel_out.info,
     }
 
-
-# ----------------------------------------------------------------------------------------------------
-# Summary, markdown table, plot
-# ----------------------------------------------------------------------------------------------------

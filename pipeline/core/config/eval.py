@@ -35,6 +35,7 @@ class EvalConfig(Section):
     data: str = Field(description="the benchmark's annotation file (or MLVU's json/ folder)")
     video_root: str | None = Field(None, description="where the videos are (default: the benchmark's layout)")
     limit: int | None = Field(None, gt=0, description="evaluate only the first N questions")
+    strict: bool = Field(False, description="a malformed record in the benchmark file is an error (default: skipped and reported)")
     k: list[int] = Field(default_factory=lambda: [8, 32, 64], min_length=1, description="frame budgets")
     selectors: list[SelectorSection] = Field(default_factory=lambda: [SelectorSection()], min_length=1)
     downstream: DownstreamSection = Field(default_factory=DownstreamSection)
