@@ -47,6 +47,23 @@ test: install ## run the test suite (a local Slurm is started for the submit tes
 test-fast: install ## the tests without the slow ones (no training, no Slurm)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# lmms-eval 0.7.3 and kframes in one environment of their own (the `lmms` extra), as an lmms-eval user installs
+# them; torch comes from pip's cache / local wheels like the main venv's. A manual check, not part of `make test`:
+# the venv is ~7 GB; with a warm pip cache the target took 4 min 49 s on 2 cores, 80 s of it tests (README "lmms-eval").
+LMMS_VENV := .venv-lmms
+.PHONY: test-lmms
+
+$(LMMS_VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(LMMS_VENV)/bin/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMMS_VENV)/bin/python -m pip install -q -e ".[test,lmms]"
+	$(LMMS_VENV)/bin/python -c "import importlib.metadata as m; print('$(LMMS_VENV):', {k: m.version(k) for k in ('lmms_eval', 'av', 'filelock', 'torch', 'transformers')})"
+	touch $@
+
+test-lmms: $(LMMS_VENV)/.installed ## lmms-eval 0.7.3 runs the kframes_qwen2_5_vl plugin on a local task over the shared videos (tiny model)
+	$(LMMS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_lmms_eval_model.py $(PYTEST_ARGS)
+
 data: install ## PeakClips and the task files of every stage (PIPELINE=...)
 	$(RUN) --only data
 

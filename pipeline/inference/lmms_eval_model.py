@@ -13,25 +13,49 @@ Written for lmms-eval 0.7.3 (`LMMS_EVAL_VERSION`). Since 0.6 lmms-eval discovers
 class is a "simple" model (`is_simple = True`): requests carry `(context, gen_kwargs, doc_to_visual,
 doc_id, task, split)`, and the video path comes from the task's `doc_to_visual`.
 
-For each request with a video, the selector (`selector=` a trained K-frames folder, `tiny`, or `uniform`
-for the baseline under the identical prompt) picks k frames; they are shown to Qwen2.5-VL as images, each
+For each request with a video, the selector picks k frames; they are shown to Qwen2.5-VL as images, each
 after its timestamp (`<t=12.4s>`, the project's one timestamp format), followed by the task's prompt.
+`selector=` is one of (`SAMPLINGS`; the model logs which one it uses when it is built, and `sampling`
+names it):
+
+- `lmms_uniform` (the default): lmms-eval's own uniform sampling, the frames its video loaders take
+  (`lmms_eval.models.model_utils.load_video`: `np.linspace(0, n - 1, k, dtype=int)`, first and last frame
+  included), so a uniform baseline run through this plugin is lmms-eval's uniform baseline under K-frames'
+  prompt. (lmms-eval's own `qwen2_5_vl` model samples differently: qwen_vl_utils at 2 fps, then a linspace
+  of `max_num_frames` of those.)
+- `uniform`: the midpoints of k equal segments, `kframes eval --selector uniform`'s baseline.
+- a trained K-frames folder (or `tiny`): the selector's clips, turned into k frames by the any-k sampler.
+
 lmms-eval is imported lazily: without it this module still imports (tests run the class against the
 real tiny models), and the base class is a minimal stand-in.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from data_builder.video import VIDEO_EXTENSIONS
 from pipeline.core.models import resolve_model
 from pipeline.core.prompt import format_timestamp
-from pipeline.inference.frame_selectors import KFramesSelector, UniformSelector, VideoTimeline
+from pipeline.inference.frame_selectors import (
+    FrameSelector,
+    KFramesSelector,
+    Selection,
+    UniformSelector,
+    VideoTimeline,
+)
 
 LMMS_EVAL_VERSION = "0.7.3"
 MODEL_ID = "kframes_qwen2_5_vl"
+SAMPLINGS = {
+    "lmms_uniform": "lmms-eval's uniform sampling (np.linspace over all frames, first and last included)",
+    "uniform": "kframes' uniform sampling (midpoints of k equal segments)",
+}
+log = logging.getLogger(__name__)
 
 
 try:  # the real base class when lmms-eval is installed (its registry checks issubclass(cls, lmms))
@@ -57,6 +81,32 @@ except ImportError:  # pragma: no cover - exercised whenever lmms-eval is absent
             return self._world_size
 
 
+def lmms_uniform_indices(num_frames: int, k: int) -> list[int]:
+    """The frames lmms-eval's video loaders take for k frames of `num_frames`: its own function when lmms-eval
+    is installed, else the same formula (`np.unique(np.linspace(0, n - 1, k, dtype=int))`)."""
+    count = min(k, num_frames)
+    if count <= 0:
+        return []
+    try:
+        from lmms_eval.models.model_utils.load_video import _compute_uniform_indices
+    except ImportError:
+        return [int(i) for i in np.unique(np.linspace(0, num_frames - 1, count, dtype=int))]
+    return [int(i) for i in _compute_uniform_indices(num_frames, count)]
+
+
+class LmmsUniformSelector(FrameSelector):
+    """lmms-eval's uniform frames (`lmms_uniform_indices`), behind the project's selector interface."""
+
+    name = "lmms_uniform"
+
+    def analyze(self, video: VideoTimeline, question: str, options: Sequence[str] | None = None) -> dict[str, Any]:
+        return {}
+
+    def choose(self, analysis: dict[str, Any], video: VideoTimeline, k: int) -> Selection:
+        idx = lmms_uniform_indices(video.num_frames, k)
+        return Selection(idx, video.times(idx))
+
+
 def manifest() -> Any:
     """The entry point's payload: lmms-eval calls it at start-up to register `kframes_qwen2_5_vl`."""
     from lmms_eval.models.registry_v2 import ModelManifest
@@ -65,14 +115,15 @@ def manifest() -> Any:
 
 
 class KFramesQwen2_5_VL(_LmmsBase):
-    """Qwen2.5-VL over K-frames keyframes (or uniform frames, `selector=uniform`), as an lmms-eval model."""
+    """Qwen2.5-VL over K-frames keyframes (or uniform frames: `selector=lmms_uniform` or `uniform`), as an
+    lmms-eval model."""
 
     is_simple = True
 
     def __init__(
         self,
         pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct",
-        selector: str = "uniform",
+        selector: str = "lmms_uniform",
         k: int = 32,
         mode: str = "auto",
         num_candidates: int = 256,
@@ -104,14 +155,20 @@ class KFramesQwen2_5_VL(_LmmsBase):
         ).to(self._device).eval()
         self.processor = AutoProcessor.from_pretrained(path)
         self._tokenizer = self.processor.tokenizer
-        if selector == "uniform":
-            self.selector: Any = UniformSelector()
+        if selector == "lmms_uniform":
+            self.selector: FrameSelector = LmmsUniformSelector()
+            self.sampling = SAMPLINGS["lmms_uniform"]
+        elif selector == "uniform":
+            self.selector = UniformSelector()
+            self.sampling = SAMPLINGS["uniform"]
         else:
             self.selector = KFramesSelector(
                 selector, mode=mode, num_candidates=int(num_candidates),
                 max_pixels=int(selector_max_pixels) if selector_max_pixels else None, device=device,
             )
+            self.sampling = f"K-frames selector {selector} (mode={mode}, {num_candidates} candidate frames)"
         self._frames: Any = None
+        _announce(f"{MODEL_ID}: k={self.k} frames per video by {self.sampling}")
 
     # lmms-eval reads these
     @property
@@ -223,3 +280,13 @@ class KFramesQwen2_5_VL(_LmmsBase):
 
     def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
         raise NotImplementedError(f"{MODEL_ID} does not support multi-round generation")
+
+
+def _announce(message: str) -> None:
+    """Say which frames the model sees: on lmms-eval's own log when it runs there, else on this module's."""
+    try:
+        from loguru import logger
+    except ImportError:
+        log.info(message)
+        return
+    logger.info(message)
