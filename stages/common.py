@@ -91,6 +91,18 @@ def distributed_state():
     return PartialState(**({"backend": "gloo"} if cpu_multiprocess() else {}))
 
 
+def _checkpointing_argument() -> str:
+    """TrainingArguments' name for gradient checkpointing: `activation_checkpointing` in transformers 5.23 (where
+    `gradient_checkpointing` is a deprecated alias), `gradient_checkpointing` in older releases such as the 5.17 of
+    the vLLM GPU environment (requirements/gpu-vllm.txt)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_args_kwargs(cfg: Any) -> dict[str, Any]:
     """TrainingArguments fields from a stage recipe (`output_dir`, `train`, `deepspeed`), for SFTConfig/GRPOConfig.
 
@@ -120,7 +132,7 @@ def training_args_kwargs(cfg: Any) -> dict[str, Any]:
         "seed": t.seed,
         "data_seed": t.seed,
         "bf16": t.bf16,
-        "activation_checkpointing": t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        _checkpointing_argument(): t.gradient_checkpointing,
         "dataloader_num_workers": t.dataloader_num_workers,
         "dataloader_pin_memory": torch.cuda.is_available(),
         "report_to": list(t.report_to) or "none",

@@ -169,19 +169,36 @@ def _requests() -> list[MCQRequest]:
     ]
 
 
+def _questions(srv: LoopbackVLLM) -> list[dict]:
+    """The chat requests that carried frames (the rest is the backend's one probe of the server)."""
+    return [b for b in srv.requests if any(p["type"] == "image_url" for m in b["messages"] for p in m["content"])]
+
+
+def _many_options(n: int) -> MCQRequest:
+    g = torch.Generator().manual_seed(n)
+    img = Image.fromarray(torch.randint(0, 256, (48, 64, 3), generator=g, dtype=torch.uint8).numpy())
+    return MCQRequest([img], [1.0], "Which word names the scene?", [f"option {i}" for i in range(n)])
+
+
 def test_vllm_backend_over_http_equals_the_transformers_backend(hf_backend) -> None:
     reqs = _requests()
     local = hf_backend.option_logprobs(reqs)
     with LoopbackVLLM(hf_backend) as srv:
         remote = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", concurrency=4))
         got = remote.option_logprobs(reqs)
-        body = srv.requests[0]
+        remote.option_logprobs(reqs[:1])  # a second call does not probe again
+        probes = [b for b in srv.requests if b not in _questions(srv)]
+        body = _questions(srv)[0]
     assert [len(x) for x in got] == [3, 2, 5, 4]
     for a, b in zip(local, got):
         assert b == pytest.approx(a, abs=1e-5)
         assert math.fsum(math.exp(x) for x in b) == pytest.approx(1.0)  # normalised over the option letters
-    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["return_tokens_as_token_ids"] is True
-    assert body["allowed_token_ids"] == hf_backend.letter_token_ids(len(body["allowed_token_ids"]))
+    assert remote.logprobs_api == "logprob_token_ids" and len(probes) == 1
+    letters = hf_backend.letter_token_ids(len(body["logprob_token_ids"]))
+    assert body["logprob_token_ids"] == body["allowed_token_ids"] == letters
+    assert body["max_completion_tokens"] == 1 and "max_tokens" not in body and "top_logprobs" not in body
+    assert body["logprobs"] is True and body["return_tokens_as_token_ids"] is True
+    assert body["top_k"] == 0 and body["temperature"] == 1.0 and body["repetition_penalty"] == 1.0
     urls = [p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url"]
     assert urls and all(u.startswith("data:image/png;base64,") for u in urls)
     # the rewards built on either backend are therefore equal too
@@ -189,8 +206,40 @@ def test_vllm_backend_over_http_equals_the_transformers_backend(hf_backend) -> N
         assert logprob_reward(b, 0, 1.0) == pytest.approx(logprob_reward(a, 0, 1.0), abs=1e-5)
 
 
-def test_vllm_backend_with_a_raw_logprobs_server(hf_backend) -> None:
-    """vLLM's default mode: exact when every letter is in the top-k, else an error saying how to start the server."""
+@pytest.mark.parametrize("mode", ["raw_logprobs", "processed_logprobs"])
+def test_26_options_on_a_server_capped_at_20_logprobs(hf_backend, mode) -> None:
+    """logprob_token_ids asks for exactly the letters, whatever their rank and whatever --max-logprobs says."""
+    reqs = [_many_options(26), _many_options(21)]
+    local = hf_backend.option_logprobs(reqs)
+    with LoopbackVLLM(hf_backend, logprobs_mode=mode, max_logprobs=20) as srv:
+        remote = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", concurrency=2))
+        got = remote.option_logprobs(reqs)
+    assert [len(x) for x in got] == [26, 21]
+    for a, b in zip(local, got):
+        assert b == pytest.approx(a, abs=1e-5)
+
+
+def test_an_older_server_is_asked_for_top_logprobs(hf_backend) -> None:
+    """A server without logprob_token_ids (it ignores the field): the probe finds out, top_logprobs is used."""
+    reqs = _requests()
+    local = hf_backend.option_logprobs(reqs)
+    with LoopbackVLLM(hf_backend, logprob_token_ids=False) as srv:
+        remote = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", concurrency=4))
+        got = remote.option_logprobs(reqs)
+        body = _questions(srv)[0]
+        assert remote.logprobs_api == "top_logprobs"
+        assert body["top_logprobs"] == 20 and "logprob_token_ids" not in body
+        assert body["allowed_token_ids"] == hf_backend.letter_token_ids(len(body["allowed_token_ids"]))
+        for a, b in zip(local, got):
+            assert b == pytest.approx(a, abs=1e-5)
+        # more options than the server's --max-logprobs: vLLM's 400, with what to change on the server
+        with pytest.raises(BackendError, match=r"greater than max allowed: 20.*needs `--max-logprobs 26`"):
+            remote.option_logprobs([_many_options(26)])
+
+
+def test_an_older_raw_logprobs_server(hf_backend) -> None:
+    """vLLM's default mode without logprob_token_ids: exact when every letter is in the top-k, else an error saying
+    how to start the server."""
     reqs = _requests()[:1]
     local = hf_backend.option_logprobs(reqs)
     logits = hf_backend.next_token_logits(
@@ -198,13 +247,27 @@ def test_vllm_backend_with_a_raw_logprobs_server(hf_backend) -> None:
     )[0]
     ranks = torch.argsort(logits, descending=True).tolist()
     worst = max(ranks.index(i) for i in hf_backend.letter_token_ids(3))
-    with LoopbackVLLM(hf_backend, logprobs_mode="raw_logprobs") as srv:
-        enough = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", top_logprobs=worst + 1))
+    assert worst >= 3  # random weights: some letter is far down the vocabulary
+    with LoopbackVLLM(hf_backend, logprobs_mode="raw_logprobs", logprob_token_ids=False, max_logprobs=worst + 2) as srv:
+        # the list holds the sampled token first, then the top entries: one more than the worst rank is enough
+        enough = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", top_logprobs=worst + 2))
         assert enough.option_logprobs(reqs)[0] == pytest.approx(local[0], abs=1e-5)
-        assert worst >= 3  # random weights: some letter is far down the vocabulary (rank 675 with this seed)
         too_few = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", top_logprobs=worst))
-        with pytest.raises(BackendError, match="--logprobs-mode processed_logprobs"):
+        with pytest.raises(BackendError, match=r"no log-prob for option.*--logprobs-mode processed_logprobs"):
             too_few.option_logprobs(reqs)
+
+
+def test_the_loopback_refuses_what_vllm_refuses(hf_backend) -> None:
+    """The stand-in's error bodies are vLLM's; the backend reports vLLM's message and parameter in one line."""
+    with LoopbackVLLM(hf_backend) as srv:
+        b = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", max_retries=0))
+        bad = {"model": "tiny", "messages": [{"role": "user", "content": "A"}], "max_completion_tokens": 1,
+               "logprob_token_ids": [1, 2]}
+        with pytest.raises(BackendError, match=r"rejected .*chat/completions \(400\): when using `logprob_token_ids`, "
+                           r"`logprobs` must be set to true. \(param logprob_token_ids\)"):
+            b._post(f"{srv.url}/chat/completions", bad)
+        with pytest.raises(BackendError, match=r"top_k must be 0 \(disable\), or at least 1, got -2"):
+            b._post(f"{srv.url}/chat/completions", {**bad, "logprobs": True, "top_k": -2})
 
 
 def test_vllm_backend_retries_a_busy_server(hf_backend) -> None:
@@ -212,11 +275,11 @@ def test_vllm_backend_retries_a_busy_server(hf_backend) -> None:
         b = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", max_retries=3, concurrency=1))
         b.backoff_s = 0.01
         assert len(b.option_logprobs(_requests()[1:2])[0]) == 2
-        assert len(srv.requests) == 3
+        assert len(srv.requests) == 4  # the probe: two 503s, then its answer; then the question
     with LoopbackVLLM(hf_backend, fail_first=5) as srv:
         b = make_backend(DownstreamSection(backend="vllm", url=srv.url, model="tiny", max_retries=1, concurrency=1))
         b.backoff_s = 0.01
-        with pytest.raises(BackendError, match=r"answered 503.*after 2 attempts"):
+        with pytest.raises(BackendError, match=r"answered 503: The engine is busy.*after 2 attempts"):
             b.option_logprobs(_requests()[1:2])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shlex
 import subprocess
 import threading
 from pathlib import Path
@@ -93,6 +94,127 @@ def test_vllm_as_a_job_step_shares_the_node(tmp_path: Path) -> None:
     text = _scripts(tmp_path, "grpo", vllm={"placement": "step", "gpus": 2})["grpo"]
     assert "#SBATCH --nodes=1" in text and "VLLM_NODE=$MAIN_NODE" in text
     assert "--num_processes 6" in text and "--gres=gpu:6 bash -c" in text
+
+
+def _vllm_pipeline(tmp_path: Path, *grpo_overrides: str) -> str:
+    """The GPU pipeline with GRPO generating on vLLM (`--set`-style changes to its grpo recipe)."""
+    raw = yaml.safe_load((ROOT / "configs/pipeline/qwen2_5_vl_3b.yaml").read_text())
+    raw["stages"] = {k: str(ROOT / v) for k, v in raw["stages"].items()}
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["overrides"] = {"grpo": list(grpo_overrides)}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+SERVER_MODE = ("grpo.use_vllm=true", "grpo.vllm_mode=server")
+
+
+def _serve_command(text: str, marker: str) -> list[str]:
+    """The words of the `bash -c '...'` of the srun line holding `marker`."""
+    line = next(line for line in text.splitlines() if marker in line and line.startswith("srun"))
+    words = shlex.split(line.rstrip("&"))
+    return shlex.split(words[words.index("-c") + 1])
+
+
+def test_grpo_server_mode_starts_the_generation_server_beside_the_trainer(tmp_path: Path) -> None:
+    stages = yaml.safe_load((ROOT / "configs/cluster/slurm.yaml").read_text())["stages"]
+    stages["grpo"]["python"] = ".venv-gpu/bin/python"  # the environment of requirements/gpu-vllm.txt
+    text = _scripts(tmp_path, "grpo", pipeline=_vllm_pipeline(tmp_path, *SERVER_MODE), stages=stages)["grpo"]
+    assert "#SBATCH --nodes=2" in text  # the trainer's node (with the generation server) + the reward's node
+    assert "GEN_NODE=$MAIN_NODE" in text and 'GEN_URL="http://$GEN_NODE:8001"' in text
+    gen = next(line for line in text.splitlines() if "-generation-%j.out" in line)
+    assert gen.startswith('srun --nodes=1 --ntasks=1 -w "$GEN_NODE" --gres=gpu:1 --exact')
+    words = _serve_command(text, "-generation-%j.out")
+    # TRL 1.16's launcher, as `trl vllm-serve` would run it, serving SFT2's final model from the kframes env
+    assert words[:4] == ["export", "VLLM_SERVER_DEV_MODE=1;", "exec", ".venv-gpu/bin/python"]
+    serve = words[words.index("serve"):]
+    assert serve[1] == str(tmp_path / "run" / "sft2" / "final")
+    for flag, value in (("--port", "8001"), ("--tensor-parallel-size", "1"), ("--logprobs-mode", "processed_logprobs"),
+                        ("--max-logprobs", "-1"), ("--weight-transfer-config", '{"backend": "nccl"}')):
+        assert serve[serve.index(flag) + 1] == value, flag
+    assert "--enable-scale-out" in serve
+    # the trainer: the node's other 7 GPUs, started once both servers answer, given both URLs
+    assert "--num_processes 7" in text and "--gres=gpu:7 bash -c" in text
+    assert ".venv-gpu/bin/python -m accelerate.commands.launch" in text
+    launch = text.index("accelerate.commands.launch")
+    assert text.index('wait-http "$GEN_URL/health"') < launch and text.index('wait-http "$VLLM_URL/models"') < launch
+    assert '--set "grpo:grpo.vllm_server_url=$GEN_URL"' in text and "export GEN_URL" in text
+    assert 'kill "$GEN_PID" 2>/dev/null; wait "$GEN_PID"' in text and 'kill "$VLLM_PID" 2>/dev/null' in text
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_generation_server_shares_the_reward_node(tmp_path: Path) -> None:
+    text = _scripts(tmp_path, "grpo", pipeline=_vllm_pipeline(tmp_path, *SERVER_MODE),
+                    vllm_generation={"placement": "reward_node", "gpus": 2})["grpo"]
+    assert "#SBATCH --nodes=2" in text and "GEN_NODE=$VLLM_NODE" in text
+    reward = next(line for line in text.splitlines() if "-vllm-%j.out" in line)
+    gen = next(line for line in text.splitlines() if "-generation-%j.out" in line)
+    assert "--gres=gpu:2 --exact" in reward and "--gres=gpu:2 --exact" in gen  # each step only its own GPUs
+    assert text.index("VLLM_NODE=") < text.index("GEN_NODE=$VLLM_NODE")
+    assert "--num_processes 8" in text  # the training node keeps all of its GPUs
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_generation_server_on_its_own_node(tmp_path: Path) -> None:
+    text = _scripts(tmp_path, "grpo", pipeline=_vllm_pipeline(tmp_path, *SERVER_MODE),
+                    vllm_generation={"placement": "node", "gpus": 4})["grpo"]
+    assert "#SBATCH --nodes=3" in text and "VLLM_NODE=${NODES[1]}" in text and "GEN_NODE=${NODES[2]}" in text
+    assert "--tensor-parallel-size 4" in " ".join(_serve_command(text, "-generation-%j.out"))
+    assert "--num_processes 8" in text
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_colocate_needs_no_generation_server(tmp_path: Path) -> None:
+    text = _scripts(tmp_path, "grpo", pipeline=_vllm_pipeline(tmp_path, "grpo.use_vllm=true"))["grpo"]
+    assert "GEN_" not in text and "#SBATCH --nodes=2" in text and "--num_processes 8" in text
+
+
+def test_generation_placements_that_cannot_fit(tmp_path: Path) -> None:
+    from pipeline.core.errors import ConfigError
+
+    pipeline = _vllm_pipeline(tmp_path, *SERVER_MODE)
+    with pytest.raises(ConfigError, match=r"reward_node needs the reward's vLLM server on its own node"):
+        _scripts(tmp_path, "grpo", pipeline=pipeline, vllm={"placement": "step", "gpus": 2},
+                 vllm_generation={"placement": "reward_node"})
+    with pytest.raises(ConfigError, match=r"2 \+ 7 GPUs do not fit on one node of 8"):
+        _scripts(tmp_path, "grpo", pipeline=pipeline, vllm_generation={"placement": "reward_node", "gpus": 7})
+    with pytest.raises(ConfigError, match=r"vllm.placement=step and vllm_generation.placement=step.*\(8\) leave none"):
+        _scripts(tmp_path, "grpo", pipeline=pipeline, vllm={"placement": "step", "gpus": 4},
+                 vllm_generation={"placement": "step", "gpus": 4})
+
+
+def _readme_command(start: str) -> list[str]:
+    """The README's shell command that begins with `start` (continuation lines joined), as words."""
+    text = (ROOT / "README.md").read_text()
+    i = text.index(start)
+    lines = []
+    for line in text[i:].splitlines():
+        lines.append(line.strip().rstrip("\\").rstrip("&").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(" ".join(lines))
+
+
+def _flags(words: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            out[w] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+def test_the_readme_serve_lines_are_what_submit_runs(tmp_path: Path) -> None:
+    """The `vllm serve` lines a user copies from the README carry the flags the Slurm jobs use."""
+    reward = _flags(_readme_command("~/venvs/vllm/bin/vllm serve Qwen/Qwen2.5-VL-7B-Instruct"))
+    profile = yaml.safe_load((ROOT / "configs/cluster/slurm.yaml").read_text())
+    assert {k: v for k, v in reward.items() if k != "--port"} == _flags(profile["vllm"]["extra_args"])
+    text = _scripts(tmp_path, "grpo", pipeline=_vllm_pipeline(tmp_path, *SERVER_MODE))["grpo"]
+    job = _serve_command(text, "-generation-%j.out")
+    readme = _readme_command("CUDA_VISIBLE_DEVICES=7 VLLM_SERVER_DEV_MODE=1")
+    assert readme[readme.index("serve") + 1] == "runs/qwen2_5_vl_3b/sft2/final"
+    assert _flags(readme) == _flags(job[job.index("serve"):])
 
 
 def test_all_chains_jobs_with_afterok(tmp_path: Path) -> None:

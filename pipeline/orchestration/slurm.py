@@ -13,6 +13,9 @@ records, skipping and resume rules are the same on the cluster; only the launch 
 - GRPO with `reward.downstream.backend: vllm`: the vLLM server that answers the reward's questions runs as its
   own job step, on its own node(s) of the job (`vllm.placement: node`) or on some GPUs of the first node
   (`step`); the trainer starts once `GET /v1/models` answers, and is given the URL.
+- GRPO with `grpo.use_vllm` and `grpo.vllm_mode: server`: the generation server (TRL's server mode, a `vllm serve`
+  of the starting model) runs the same way (`vllm_generation.placement`: `step`, `node`, or `reward_node` beside the
+  reward server); the trainer starts once `GET /health` answers, and is given its URL. `colocate` needs no server.
 - logs and scripts live in the run folder: `<run_dir>/scripts/<stage>.sbatch`, `<run_dir>/logs/<stage>-<jobid>.out`.
 
 `python -m pipeline.orchestration.slurm wait-http URL` is the readiness probe the scripts call (no curl needed on the nodes).
@@ -53,6 +56,7 @@ class StageResources:
     time: str
     partition: str | None
     accelerate_config: str
+    python: str
 
 
 def load_profile(path: str, overrides: list[str] | None = None) -> SlurmProfile:
@@ -72,6 +76,7 @@ def stage_resources(profile: SlurmProfile, stage: str) -> StageResources:
         time=pick("time"),
         partition=pick("partition"),
         accelerate_config=pick("accelerate_config"),
+        python=pick("python"),
     )
 
 
@@ -88,6 +93,24 @@ def uses_vllm_server(plan: Plan, stage: str) -> bool:
     if stage != "grpo":
         return False
     return plan.configs["grpo"].reward.downstream.backend == "vllm"
+
+
+def uses_generation_server(plan: Plan, stage: str) -> bool:
+    """GRPO generating its completions on a separate vLLM server (TRL's server mode)."""
+    if stage != "grpo":
+        return False
+    g = plan.configs["grpo"].grpo
+    return g.use_vllm and g.vllm_mode == "server"
+
+
+def starting_model(plan: Plan) -> str:
+    """What the GRPO stage starts from, which the generation server serves: SFT2's `final/` (it need not exist yet
+    when the chained jobs are submitted), else the recipe's model."""
+    cfg = plan.configs["grpo"]
+    if cfg.init_from:
+        root = Path(cfg.init_from)
+        return _abs(root if root.name == "final" else root / "final")
+    return cfg.model.name_or_path
 
 
 def _sbatch_options(profile: SlurmProfile, res: StageResources, stage: str, *, nodes: int, logs: Path) -> list[str]:
@@ -124,28 +147,52 @@ def _gres(profile: SlurmProfile):
     return lambda n: f"gpu:{profile.gpu_type}:{n}" if profile.gpu_type else f"gpu:{n}"
 
 
-def _check_vllm_placement(profile: SlurmProfile, res: StageResources) -> None:
-    vllm = profile.vllm
-    if vllm.placement == "step":
-        if res.nodes != 1:
-            raise ConfigError("vllm.placement=step needs the grpo stage on one node (stages.grpo.nodes: 1)")
-        if vllm.gpus >= res.gpus_per_node:
-            raise ConfigError(
-                f"vllm.placement=step: the server's {vllm.gpus} GPU(s) leave none of the node's "
-                f"{res.gpus_per_node} to the trainer; use placement: node"
-            )
+def _main_node_server_gpus(profile: SlurmProfile, *, with_vllm: bool, with_gen: bool) -> int:
+    """GPUs of the first training node taken by servers placed there as job steps."""
+    taken = profile.vllm.gpus if with_vllm and profile.vllm.placement == "step" else 0
+    gen = profile.vllm_generation
+    return taken + (gen.gpus if with_gen and gen.placement == "step" else 0)
+
+
+def _check_vllm_placement(profile: SlurmProfile, res: StageResources, *, with_vllm: bool, with_gen: bool) -> None:
+    vllm, gen = profile.vllm, profile.vllm_generation
     if res.gpus_per_node == 0:
-        raise ConfigError("reward.downstream.backend=vllm needs GPUs (gpus_per_node > 0)")
+        what = "reward.downstream.backend=vllm" if with_vllm else "grpo.vllm_mode=server"
+        raise ConfigError(f"{what} needs GPUs (gpus_per_node > 0)")
+    steps = [name for name, on in (("vllm", with_vllm and vllm.placement == "step"),
+                                   ("vllm_generation", with_gen and gen.placement == "step")) if on]
+    if steps and res.nodes != 1:
+        raise ConfigError(f"{steps[0]}.placement=step needs the grpo stage on one node (stages.grpo.nodes: 1)")
+    taken = _main_node_server_gpus(profile, with_vllm=with_vllm, with_gen=with_gen)
+    if steps and taken >= res.gpus_per_node:
+        raise ConfigError(
+            f"{' and '.join(f'{n}.placement=step' for n in steps)}: the server GPU(s) ({taken}) leave none of the "
+            f"node's {res.gpus_per_node} to the trainer; use placement: node"
+        )
+    if with_gen and gen.placement == "reward_node":
+        if not with_vllm or vllm.placement != "node":
+            raise ConfigError(
+                "vllm_generation.placement=reward_node needs the reward's vLLM server on its own node "
+                "(reward.downstream.backend: vllm and vllm.placement: node)"
+            )
+        if vllm.gpus + gen.gpus > res.gpus_per_node:
+            raise ConfigError(
+                f"vllm_generation.placement=reward_node: the two servers' {vllm.gpus} + {gen.gpus} GPUs do not fit "
+                f"on one node of {res.gpus_per_node}; use placement: node or step"
+            )
 
 
-def _vllm_server_block(plan: Plan, profile: SlurmProfile, res: StageResources, stage: str, logs: Path) -> str:
-    """Bash that starts the reward's vLLM server as a job step and waits until it answers (sets VLLM_URL)."""
+def _vllm_server_block(
+    plan: Plan, profile: SlurmProfile, res: StageResources, stage: str, logs: Path, *, shared: bool = False
+) -> str:
+    """Bash that starts the reward's vLLM server as a job step and waits until it answers (sets VLLM_URL).
+    `shared`: the generation server runs on the same node, so each step takes only its own GPUs (`--exact`)."""
     vllm = profile.vllm
     gres = _gres(profile)
     model = vllm.model or plan.configs["grpo"].reward.downstream.model
     if vllm.placement == "node":
         node_line = f"VLLM_NODE=${{NODES[{res.nodes}]}}"
-        srun = f'srun --nodes=1 --ntasks=1 -w "$VLLM_NODE" --gres={gres(vllm.gpus)}'
+        srun = f'srun --nodes=1 --ntasks=1 -w "$VLLM_NODE" --gres={gres(vllm.gpus)}' + (" --exact" if shared else "")
     else:
         node_line = "VLLM_NODE=$MAIN_NODE"
         srun = f'srun --nodes=1 --ntasks=1 -w "$VLLM_NODE" --gres={gres(vllm.gpus)} --exact'
@@ -162,9 +209,60 @@ def _vllm_server_block(plan: Plan, profile: SlurmProfile, res: StageResources, s
         f"{srun} --output={logs}/{stage}-vllm-%j.out bash -c {_q(serve)} &",
         "VLLM_PID=$!",
         (
-            f'{profile.python} -m pipeline.orchestration.slurm wait-http "$VLLM_URL/models" --timeout '
+            f'{res.python} -m pipeline.orchestration.slurm wait-http "$VLLM_URL/models" --timeout '
             f'{vllm.wait_timeout_s} --pid "$VLLM_PID" || {{ echo "[kframes] the vLLM server did not come up"; '
             'kill "$VLLM_PID" 2>/dev/null; exit 1; }'
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def generation_serve_args(plan: Plan, profile: SlurmProfile) -> list[str]:
+    """`vllm serve` arguments of the generation server, as TRL 1.16's `trl vllm-serve` builds them
+    (trl/scripts/vllm_serve.py: the weight-transfer engine the trainer pushes weights through, processed log-probs
+    for its importance-sampling correction, no cap on log-probs, and the scale-out endpoints that multimodal prompts
+    use; vLLM >= 0.30). Run with VLLM_SERVER_DEV_MODE=1, which exposes the weight-transfer endpoints."""
+    gen = profile.vllm_generation
+    return [
+        "serve", starting_model(plan), "--host", "0.0.0.0", "--port", str(gen.port),
+        "--tensor-parallel-size", str(gen.gpus), "--weight-transfer-config", '{"backend": "nccl"}',
+        "--logprobs-mode", "processed_logprobs", "--max-logprobs", "-1", "--enable-scale-out", *gen.extra_args,
+    ]
+
+
+def _generation_server_block(
+    plan: Plan, profile: SlurmProfile, res: StageResources, stage: str, logs: Path, *, with_vllm: bool
+) -> str:
+    """Bash that starts GRPO's generation server as a job step and waits until it answers (sets GEN_URL)."""
+    gen = profile.vllm_generation
+    gres = _gres(profile)
+    if gen.placement == "node":
+        reward_nodes = profile.vllm.nodes if with_vllm and profile.vllm.placement == "node" else 0
+        node_line = f"GEN_NODE=${{NODES[{res.nodes + reward_nodes}]}}"
+    elif gen.placement == "reward_node":
+        node_line = "GEN_NODE=$VLLM_NODE"
+    else:
+        node_line = "GEN_NODE=$MAIN_NODE"
+    srun = f'srun --nodes=1 --ntasks=1 -w "$GEN_NODE" --gres={gres(gen.gpus)}'
+    if gen.placement != "node":
+        srun += " --exact"
+    serve_cmd = " ".join(
+        ["export VLLM_SERVER_DEV_MODE=1; exec", _q(res.python), "-m vllm.entrypoints.cli.main",
+         *map(_q, generation_serve_args(plan, profile))]
+    )
+    serve = "; ".join([*gen.setup, serve_cmd])
+    lines = [
+        node_line,
+        "",
+        "# GRPO's completions: a vLLM server of the starting model (TRL's server mode); the trainer pushes its",
+        "# weights into it after each step. The trainer starts once it answers.",
+        f'GEN_URL="http://$GEN_NODE:{gen.port}"',
+        f"{srun} --output={logs}/{stage}-generation-%j.out bash -c {_q(serve)} &",
+        "GEN_PID=$!",
+        (
+            f'{res.python} -m pipeline.orchestration.slurm wait-http "$GEN_URL/health" --timeout '
+            f'{gen.wait_timeout_s} --pid "$GEN_PID" || {{ echo "[kframes] the generation server did not come up"; '
+            'kill "$GEN_PID" ${VLLM_PID:+"$VLLM_PID"} 2>/dev/null; exit 1; }'
         ),
     ]
     return "\n".join(lines) + "\n"
@@ -176,23 +274,25 @@ def _shell_words(args: list[str]) -> str:
 
 
 def _launch_block(
-    profile: SlurmProfile, res: StageResources, stage: str, run_cmd: list[str], *, with_vllm: bool
+    profile: SlurmProfile, res: StageResources, stage: str, run_cmd: list[str], *, with_vllm: bool, with_gen: bool
 ) -> str:
     """Bash that starts the stage as a background job step (`STEP_PID=$!` follows it)."""
-    step_gpus = res.gpus_per_node - (profile.vllm.gpus if with_vllm and profile.vllm.placement == "step" else 0)
+    step_gpus = res.gpus_per_node - _main_node_server_gpus(profile, with_vllm=with_vllm, with_gen=with_gen)
     if stage not in TRAIN_STAGES or step_gpus <= 0:
         what = "one process (CPU)" if stage in TRAIN_STAGES else "one process"
         return f"# {what}\n" + f'srun --nodes=1 --ntasks=1 -w "$MAIN_NODE" bash -c {_q(_shell_words(run_cmd))} &'
     nodes = res.nodes
-    launch = [profile.python, "-m", "accelerate.commands.launch", "--config_file", _abs(res.accelerate_config),
+    launch = [res.python, "-m", "accelerate.commands.launch", "--config_file", _abs(res.accelerate_config),
               "--num_machines", str(nodes), "--num_processes", str(nodes * step_gpus),
               "--machine_rank", "$SLURM_NODEID", "--main_process_ip", "$MAIN_NODE",
               "--main_process_port", str(profile.main_process_port), "-m", *run_cmd[2:]]
     node_list = '$(IFS=,; echo "${NODES[*]:0:' + str(nodes) + '}")'
-    gres_opt = f" --gres={_gres(profile)(step_gpus)}" if with_vllm else ""
+    gres_opt = f" --gres={_gres(profile)(step_gpus)}" if with_vllm or with_gen else ""
     lines = [f"# {nodes} node(s) x {step_gpus} GPU(s): one accelerate launcher per node.", "export MAIN_NODE"]
     if with_vllm:
         lines.append("export VLLM_URL")
+    if with_gen:
+        lines.append("export GEN_URL")
     # $SLURM_NODEID and $VLLM_URL are expanded inside each task, not here
     lines.append(
         f'srun --kill-on-bad-exit=1 --nodes={nodes} --ntasks-per-node=1 -w "{node_list}"{gres_opt} '
@@ -211,16 +311,21 @@ def render_script(
     """
     res = stage_resources(profile, stage)
     with_vllm = uses_vllm_server(plan, stage)
-    if with_vllm:
-        _check_vllm_placement(profile, res)
+    with_gen = uses_generation_server(plan, stage)
+    if with_vllm or with_gen:
+        _check_vllm_placement(profile, res, with_vllm=with_vllm, with_gen=with_gen)
     extra_nodes = profile.vllm.nodes if with_vllm and profile.vllm.placement == "node" else 0
+    extra_nodes += 1 if with_gen and profile.vllm_generation.placement == "node" else 0
+    shared = with_gen and profile.vllm_generation.placement == "reward_node"
     logs, state = run_dir / "logs", run_dir / "state"
-    run_cmd = [profile.python, "-m", "pipeline.cli.main", "run", "--config", _abs(pipeline_path), "--only", stage]
+    run_cmd = [res.python, "-m", "pipeline.cli.main", "run", "--config", _abs(pipeline_path), "--only", stage]
     if force:
         # only the first attempt starts over: a requeued job must resume, so the script drops the flag once used
         run_cmd.append("$FORCE_FLAG")
     if with_vllm:
         run_cmd += ["--set", "grpo:reward.downstream.url=$VLLM_URL"]
+    if with_gen:
+        run_cmd += ["--set", "grpo:grpo.vllm_server_url=$GEN_URL"]
     force_block = (
         "# --force: start the stage over on the first run only; a requeued restart resumes instead\n"
         'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then FORCE_FLAG=--force; else FORCE_FLAG=--no-force; fi\n'
@@ -240,9 +345,13 @@ def render_script(
         state_dir=_q(state),
         logs_dir=_q(logs),
         force=force_block,
-        server=_vllm_server_block(plan, profile, res, stage, logs) if with_vllm else "",
-        launch=_launch_block(profile, res, stage, run_cmd, with_vllm=with_vllm),
-        server_stop='kill "$VLLM_PID" 2>/dev/null; wait "$VLLM_PID" 2>/dev/null\n' if with_vllm else "",
+        server=(_vllm_server_block(plan, profile, res, stage, logs, shared=shared) if with_vllm else "")
+        + (_generation_server_block(plan, profile, res, stage, logs, with_vllm=with_vllm) if with_gen else ""),
+        launch=_launch_block(profile, res, stage, run_cmd, with_vllm=with_vllm, with_gen=with_gen),
+        server_stop="".join(
+            f'kill "${pid}" 2>/dev/null; wait "${pid}" 2>/dev/null\n'
+            for pid, on in (("VLLM_PID", with_vllm), ("GEN_PID", with_gen)) if on
+        ),
     )
 
 

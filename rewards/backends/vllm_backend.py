@@ -1,27 +1,41 @@
 """The downstream model behind a vLLM OpenAI-compatible server (`vllm serve`), spoken to over HTTP.
 
-Written for vLLM 0.11 (V1 engine; pinned in requirements/vllm-server.txt). Start the server with
+Written for vLLM 0.33 (pinned in requirements/vllm-server.txt) and checked against its request and response models
+(vllm/entrypoints/openai/chat_completion/protocol.py); older servers are still served (see "Two ways to ask").
+Start the server with
 
-    vllm serve Qwen/Qwen2.5-VL-7B-Instruct --logprobs-mode processed_logprobs --max-logprobs 20 \
-        --limit-mm-per-prompt '{"image": 64}' --port 8000
+    vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --max-model-len 32768 --limit-mm-per-prompt '{"image": 64}' \
+        --max-logprobs 20 --logprobs-mode processed_logprobs
 
 One question is one `POST {url}/chat/completions`:
 
     {"model": MODEL, "messages": render_mcq_messages(...) with each image as
          {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
-     "max_tokens": 1, "logprobs": true, "top_logprobs": 20,
-     "allowed_token_ids": [ids of "A", "B", ...], "return_tokens_as_token_ids": true,
-     "temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "seed": 0}
+     "max_completion_tokens": 1, "logprobs": true, "logprob_token_ids": [ids of "A", "B", ...],
+     "allowed_token_ids": [the same ids], "return_tokens_as_token_ids": true,
+     "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+     "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": 0}
 
-and the option letters' log-probs are read from `choices[0].logprobs.content[0].top_logprobs` (tokens come back
-as `token_id:N`, so letters are matched by id, not by spelling). Why each field:
-- `--logprobs-mode processed_logprobs` + `allowed_token_ids`: vLLM's default (raw) log-probs are computed before
-  `allowed_token_ids` applies, so a letter outside the top-20 of the whole vocabulary would be missing; processed
-  log-probs are taken after the mask, so all letters are always there. With a raw-mode server the backend still
-  works whenever every letter is in the top `top_logprobs`, and says how to fix the server when one is not.
-- temperature 1, top_p 1, top_k -1, min_p 0, repetition_penalty 1: processed log-probs also go through the sampling
-  processors, and `vllm serve` fills unset ones from the model's generation_config (Qwen2.5-VL's sets top_k=1 and
-  repetition_penalty=1.05, which would zero out all letters but one and penalise letters seen in the options).
+and the option letters' log-probs are read from `choices[0].logprobs.content[0]` (the sampled token) and its
+`top_logprobs` (tokens come back as `token_id:N`, so letters are matched by id, not by spelling).
+
+Two ways to ask, chosen by probing the server once (`logprobs_api`):
+- `logprob_token_ids` (vLLM >= 0.31): the server returns the log-prob of exactly these ids, whatever their rank in
+  the vocabulary, so every letter is there for any number of options up to 26, in raw and in processed mode, and
+  `--max-logprobs` does not apply (vLLM caps the list at 128 ids).
+- `top_logprobs` (older servers, which ignore the unknown field): the top `max(downstream.top_logprobs, n)` entries.
+  vLLM's default (raw) log-probs are computed before `allowed_token_ids` applies, so a letter outside the top of
+  the whole vocabulary would be missing; `--logprobs-mode processed_logprobs` takes them after the mask, so all
+  letters are there. The server's `--max-logprobs` (default 20) must be at least the number of options.
+The probe is one 1-token request on a text prompt that asks for two letters' ids: a server that knows the field
+answers with both, one that does not answers with none.
+
+Why the other fields:
+- temperature 1, top_p 1, top_k 0 (vLLM's "off"; -1 is its deprecated spelling), min_p 0, repetition_penalty 1:
+  processed log-probs also go through the sampling processors, and `vllm serve` fills unset ones from the model's
+  generation_config (Qwen2.5-VL's sets top_k=1 and repetition_penalty=1.05, which would zero out all letters but
+  one and penalise letters seen in the options).
+- `max_completion_tokens` (vLLM deprecates `max_tokens`).
 - The letters' token ids come from the server's own `POST /tokenize`, so no local tokenizer is needed.
 - PNG data URLs (default) carry exactly the pixels the in-process backend sees; then both backends give the same
   numbers up to float error (tests/test_rewards.py checks it against a loopback server, benchmarks/gpu/ on a real
@@ -37,18 +51,32 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.core.errors import BackendError, ConfigError
 from pipeline.core.retry import RetryableError, with_retries
-from rewards.backends.base import MCQRequest, normalise_over_options, option_letters
+from rewards.backends.base import MAX_OPTIONS, MCQRequest, normalise_over_options, option_letters
 from rewards.backends.prompt import render_mcq_messages
 
 logger = logging.getLogger(__name__)
 
-VLLM_VERSION = "0.11.0"
+VLLM_VERSION = "0.33.0"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+LogprobsAPI = Literal["auto", "logprob_token_ids", "top_logprobs"]
+
+# Sampling that leaves the next-token distribution as the model gives it (see the module docstring).
+NEUTRAL_SAMPLING: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": 0,
+}
 
 
 def image_data_url(image: Any, fmt: str = "png") -> str:
@@ -84,6 +112,42 @@ def _server_root(url: str) -> str:
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
+def _error_message(text: str) -> str:
+    """vLLM's error body `{"error": {"message": ...}}` (or FastAPI's `{"detail": ...}`) as one line."""
+    import json
+
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and "message" in err:
+            param = f" (param {err['param']})" if err.get("param") else ""
+            return f"{err['message']}{param}"
+        if "detail" in body:
+            return str(body["detail"])[:500]
+    return text[:500]
+
+
+def token_logprobs(content: dict[str, Any], wanted: list[int]) -> dict[int, float]:
+    """The log-probs of the `wanted` token ids found in one `logprobs.content[i]` entry (the sampled token and its
+    `top_logprobs`), matched by id through vLLM's `token_id:N` spelling (`return_tokens_as_token_ids`)."""
+    wanted_set = set(wanted)
+    found: dict[int, float] = {}
+    for entry in [content, *(content.get("top_logprobs") or [])]:
+        tok = str(entry.get("token", ""))
+        if not tok.startswith("token_id:"):
+            continue
+        try:
+            tid = int(tok.split(":", 1)[1])
+        except ValueError:
+            continue
+        if tid in wanted_set and tid not in found and entry.get("logprob") is not None:
+            found[tid] = float(entry["logprob"])
+    return found
+
+
 class VLLMBackend:
     """Scores option letters with a model served by vLLM (`DownstreamBackend`)."""
 
@@ -98,6 +162,7 @@ class VLLMBackend:
         top_logprobs: int = 20,
         image_format: str = "png",
         backoff_s: float = 0.5,
+        logprobs_api: LogprobsAPI = "auto",
     ) -> None:
         import httpx
 
@@ -112,8 +177,10 @@ class VLLMBackend:
         self.image_format = image_format
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.logprobs_api: LogprobsAPI = logprobs_api
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), limits=httpx.Limits(max_connections=concurrency))
         self._letter_ids: dict[str, int] | None = None
+        self._setup_lock = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
@@ -140,80 +207,127 @@ class VLLMBackend:
         except httpx.TransportError as exc:
             raise RetryableError(f"connection failed ({exc})") from None
         if resp.status_code in RETRY_STATUS:
-            raise RetryableError(f"answered {resp.status_code}: {resp.text[:300]}")
+            raise RetryableError(f"answered {resp.status_code}: {_error_message(resp.text)[:300]}")
         if resp.status_code >= 400:
-            raise BackendError(f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {resp.text[:500]}")
+            raise BackendError(
+                f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {_error_message(resp.text)}"
+            )
         try:
             return resp.json()
         except ValueError:
             raise BackendError(f"vLLM server at {self.url}: {url} did not return JSON: {resp.text[:200]!r}") from None
 
-    # ---- letters ----------------------------------------------------------------------------------------
+    # ---- letters and the server's abilities (asked once) ---------------------------------------------------
 
     def letter_token_ids(self, n: int) -> list[int]:
         if self._letter_ids is None:
             ids = {}
-            for letter in option_letters(26):
+            for letter in option_letters(MAX_OPTIONS):
                 out = self._post(f"{self.root}/tokenize", {"model": self.model, "prompt": letter, "add_special_tokens": False})
                 toks = out.get("tokens")
                 if not isinstance(toks, list) or len(toks) != 1:
                     raise BackendError(f"vLLM server at {self.url}: option letter {letter!r} is not one token ({toks})")
                 ids[letter] = int(toks[0])
+            if len(set(ids.values())) != len(ids):
+                raise BackendError(f"vLLM server at {self.url}: two option letters share a token id ({ids})")
             self._letter_ids = ids
         return [self._letter_ids[letter] for letter in option_letters(n)]
+
+    def _probe_logprob_token_ids(self) -> bool:
+        """Whether the server answers `logprob_token_ids` (one 1-token request on a text prompt)."""
+        wanted = self.letter_token_ids(2)
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Answer with A or B."}]}],
+            "max_completion_tokens": 1,
+            "logprobs": True,
+            "logprob_token_ids": wanted,
+            "return_tokens_as_token_ids": True,
+            **NEUTRAL_SAMPLING,
+        }
+        try:
+            out = self._post(f"{self.url}/chat/completions", body)
+            content = out["choices"][0]["logprobs"]["content"][0]
+        except BackendError as exc:
+            if "logprob_token_ids" in str(exc):  # a server that knows the field but refuses it here
+                logger.warning("vLLM server at %s refused logprob_token_ids (%s); using top_logprobs", self.url, exc)
+                return False
+            raise
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}") from None
+        return len(token_logprobs(content, wanted)) == len(wanted)
+
+    def resolved_logprobs_api(self) -> LogprobsAPI:
+        """`logprob_token_ids` or `top_logprobs`: the configured one, or (auto) what the server answers."""
+        with self._setup_lock:
+            if self.logprobs_api == "auto":
+                self.logprobs_api = "logprob_token_ids" if self._probe_logprob_token_ids() else "top_logprobs"
+                if self.logprobs_api == "top_logprobs":
+                    logger.warning(
+                        "vLLM server at %s does not answer logprob_token_ids (vLLM >= 0.31 does): asking for the top "
+                        "%d log-probs instead, which needs `--logprobs-mode processed_logprobs` and "
+                        "`--max-logprobs` >= the number of options",
+                        self.url,
+                        self.top_logprobs,
+                    )
+            return self.logprobs_api
 
     # ---- one question -----------------------------------------------------------------------------------
 
     def request_body(self, request: MCQRequest) -> dict[str, Any]:
         n = len(request.options)
-        return {
+        ids = self.letter_token_ids(n)
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(request, self.image_format),
-            "max_tokens": 1,
+            "max_completion_tokens": 1,
             "logprobs": True,
-            "top_logprobs": max(self.top_logprobs, n),
-            "allowed_token_ids": self.letter_token_ids(n),
-            "return_tokens_as_token_ids": True,
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "top_k": -1,
-            "min_p": 0.0,
-            "repetition_penalty": 1.0,
-            "presence_penalty": 0.0,
-            "frequency_penalty": 0.0,
-            "seed": 0,
         }
+        if self.resolved_logprobs_api() == "logprob_token_ids":
+            body["logprob_token_ids"] = ids
+        else:
+            body["top_logprobs"] = max(self.top_logprobs, n)
+        body.update({"allowed_token_ids": ids, "return_tokens_as_token_ids": True, **NEUTRAL_SAMPLING})
+        return body
 
     def _one(self, request: MCQRequest) -> list[float]:
         body = self.request_body(request)
-        out = self._post(f"{self.url}/chat/completions", body)
+        try:
+            out = self._post(f"{self.url}/chat/completions", body)
+        except BackendError as exc:
+            if "top_logprobs" in body and "max allowed" in str(exc):
+                raise BackendError(
+                    f"{exc}. With {len(request.options)} options this server needs `--max-logprobs "
+                    f"{body['top_logprobs']}` or more (it has no logprob_token_ids; vLLM >= 0.31 has, and then "
+                    "--max-logprobs does not matter)"
+                ) from None
+            raise
         try:
             content = out["choices"][0]["logprobs"]["content"][0]
-            entries = [content, *content.get("top_logprobs", [])]
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}") from None
         letters = option_letters(len(request.options))
-        by_id = dict(zip(body["allowed_token_ids"], letters))
-        found: dict[str, float] = {}
-        for e in entries:
-            tok = str(e.get("token", ""))
-            letter = by_id.get(int(tok.split(":", 1)[1])) if tok.startswith("token_id:") else (tok if tok in letters else None)
-            if letter is not None and letter not in found:
-                found[letter] = float(e["logprob"])
-        missing = [x for x in letters if x not in found]
+        ids = body["allowed_token_ids"]
+        found = token_logprobs(content, ids)
+        missing = [letter for letter, tid in zip(letters, ids) if tid not in found]
         if missing:
+            if "logprob_token_ids" in body:
+                raise BackendError(
+                    f"vLLM server at {self.url} returned no log-prob for option(s) {', '.join(missing)} although "
+                    f"logprob_token_ids asked for them: {str(content)[:300]}"
+                )
             raise BackendError(
                 f"vLLM server at {self.url} returned no log-prob for option(s) {', '.join(missing)} among its top "
-                f"{body['top_logprobs']}; start it with `--logprobs-mode processed_logprobs` so that allowed_token_ids "
-                "restricts the log-probs to the option letters"
+                f"{body['top_logprobs']} (downstream.top_logprobs); start it with `--logprobs-mode processed_logprobs` "
+                "so that allowed_token_ids restricts the log-probs to the option letters, or use vLLM >= 0.31 "
+                "(logprob_token_ids)"
             )
-        return normalise_over_options([found[x] for x in letters])
+        return normalise_over_options([found[tid] for tid in ids])
 
     def option_logprobs(self, requests: list[MCQRequest]) -> list[list[float]]:
         if not requests:
             return []
-        n = max(len(r.options) for r in requests)
-        self.letter_token_ids(n)  # once, before the threads start
+        self.resolved_logprobs_api()  # tokenize the letters and probe once, before the threads start
         if len(requests) == 1 or self.concurrency == 1:
             return [self._one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
@@ -224,5 +338,3 @@ class VLLMBackend:
             self.close()
         except Exception:
             pass
-
-

@@ -84,10 +84,15 @@ class SlurmStageSection(Section):
     time: str | None = None
     partition: str | None = None
     accelerate_config: str | None = None
+    python: str | None = Field(
+        None, description="another environment for this stage, e.g. grpo with grpo.use_vllm: requirements/gpu-vllm.txt"
+    )
 
 
 class SlurmVLLMSection(Section):
-    """The vLLM server that answers the GRPO reward's downstream questions (reward.downstream.backend=vllm)."""
+    """The vLLM server that answers the GRPO reward's downstream questions (reward.downstream.backend=vllm).
+
+    It runs in its own environment (requirements/vllm-server.txt, activated by `setup`)."""
 
     placement: Literal["node", "step"] = Field(
         "node", description="node: its own node(s) in the job; step: a job step on the first training node's GPUs"
@@ -97,6 +102,28 @@ class SlurmVLLMSection(Section):
     model: str | None = Field(None, description="default: the GRPO recipe's reward.downstream.model")
     port: int = Field(8000, gt=0, lt=65536)
     setup: list[str] = Field(default_factory=list, description="shell lines before `vllm serve` (its own venv)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+    wait_timeout_s: int = Field(1800, gt=0, description="the trainer waits this long for the server to answer")
+
+
+class SlurmGenerationSection(Section):
+    """The vLLM server that generates GRPO's completions (`grpo.use_vllm: true` with `grpo.vllm_mode: server`).
+
+    It serves the GRPO stage's starting model (SFT2's final/) the way TRL 1.16 expects, `VLLM_SERVER_DEV_MODE=1
+    vllm serve MODEL --weight-transfer-config '{"backend": "nccl"}' --logprobs-mode processed_logprobs
+    --max-logprobs -1 --enable-scale-out`, from the grpo stage's environment (`stages.grpo.python`, else `python`),
+    which must be requirements/gpu-vllm.txt's; the trainer pushes its weights into it after each step.
+    `vllm_mode: colocate` needs no server.
+    """
+
+    placement: Literal["step", "node", "reward_node"] = Field(
+        "step",
+        description="step: a job step on the first training node's GPUs; node: its own node in the job; "
+        "reward_node: beside the reward's vLLM server on its node (needs vllm.placement: node)",
+    )
+    gpus: int = Field(1, gt=0, description="GPUs of the server (tensor parallel size)")
+    port: int = Field(8001, gt=0, lt=65536)
+    setup: list[str] = Field(default_factory=list, description="more shell lines before `vllm serve`")
     extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
     wait_timeout_s: int = Field(1800, gt=0, description="the trainer waits this long for the server to answer")
 
@@ -129,3 +156,4 @@ class SlurmProfile(Section):
         default_factory=dict
     )
     vllm: SlurmVLLMSection = Field(default_factory=SlurmVLLMSection)
+    vllm_generation: SlurmGenerationSection = Field(default_factory=SlurmGenerationSection)

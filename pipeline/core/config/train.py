@@ -70,9 +70,20 @@ class GRPOSection(Section):
     beta: float = Field(0.01, ge=0, description="KL coefficient (paper: 0.01)")
     max_completion_length: int = Field(256, gt=0)
     temperature: float = Field(1.0, gt=0)
-    use_vllm: bool = Field(False, description="generate completions with vLLM (TRL; GPU only)")
-    vllm_mode: Literal["server", "colocate"] = "colocate"
-    vllm_server_url: str | None = Field(None, description="server mode: `trl vllm-serve` base URL")
+    use_vllm: bool = Field(
+        False, description="generate completions with vLLM (TRL; GPU; the environment of requirements/gpu-vllm.txt)"
+    )
+    vllm_mode: Literal["server", "colocate"] = Field(
+        "colocate",
+        description="colocate: vLLM inside each training process, on its GPUs; server: a separate `vllm serve` "
+        "(started by `kframes submit grpo`, or by hand: README)",
+    )
+    vllm_server_url: str | None = Field(
+        None, description="server mode: the generation server's base URL without /v1, e.g. http://node:8001"
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="colocate: share of each GPU's memory given to vLLM (the rest trains)"
+    )
     log_completions: bool = False
 
 
