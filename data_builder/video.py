@@ -430,20 +430,27 @@ def _luma_plane(frame: Any, reformatter: Any) -> tuple[np.ndarray, bool]:
 
 
 def _shrink(y: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """`y` at (out_w, out_h), each output pixel the mean of 2x2 bilinear samples (about 16 source pixels).
+    """`y` at (out_w, out_h), each output pixel the mean of a 2x2 block of samples taken on a regular grid.
 
-    Bilinear sampling at twice the size, then an exact 2x2 mean (cv2's INTER_LINEAR at exactly half size). It reads
-    only the rows it samples, so it costs a fraction of an INTER_AREA over the whole frame (a full box filter), with
-    the same difference curves and the same scenes on the test videos (scenedetect itself downscales with plain
-    INTER_LINEAR sampling).
+    The grid keeps one source pixel in every `f` x `f` cell (`f` the largest integer step that still leaves twice the
+    output size), as a strided view, so only the sampled pixels are ever read; an exact 2x2 mean (INTER_AREA at half
+    size) then averages four of them. A luma histogram needs no more: on the test videos the difference curves stay
+    within 0.02 of a bilinear-then-halve shrink of the whole frame, at about a third of its cost (it was the largest
+    per-frame cost after the decoder). Frames less than 4x the output size: an area mean where the ratio is a whole
+    number (OpenCV's fast path), else bilinear sampling (OpenCV's general area resize costs 7x more).
     """
     import cv2
 
     h, w = y.shape
-    if w < 4 * out_w or h < 4 * out_h:  # small already: a true area mean is cheap
-        return cv2.resize(y, (out_w, out_h), interpolation=cv2.INTER_AREA) if (w, h) != (out_w, out_h) else y
-    y = cv2.resize(y, (2 * out_w, 2 * out_h), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(y, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    fx, fy = w // (2 * out_w), h // (2 * out_h)
+    if fx < 2 and fy < 2:
+        if (w, h) == (out_w, out_h):
+            return y
+        whole = w % out_w == 0 and h % out_h == 0
+        return cv2.resize(y, (out_w, out_h), interpolation=cv2.INTER_AREA if whole else cv2.INTER_LINEAR)
+    fx, fy = max(fx, 1), max(fy, 1)
+    grid = y[fy // 2 :: fy, fx // 2 :: fx][: 2 * out_h, : 2 * out_w]
+    return cv2.resize(grid, (out_w, out_h), interpolation=cv2.INTER_AREA)
 
 
 def iter_luma_batches(

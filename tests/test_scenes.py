@@ -9,12 +9,24 @@ import numpy as np
 import pytest
 
 from data_builder.scenes import (
+    blend_residual,
     detect_scenes,
+    doubt_spans,
+    doubt_window,
     frame_signals,
     hard_cuts,
     luma_histogram,
     scenes_from_signals,
     segment_video,
+)
+from data_builder.transnet import (
+    load_model,
+    predict,
+    resolve_device,
+    to_model_frames,
+    transitions,
+    video_reader_frames,
+    window_spans,
 )
 from data_builder.synthetic import COLORS, SyntheticScene, make_sample_videos, write_scene_video
 from data_builder.video import VideoReader, iter_luma_batches
@@ -266,3 +278,195 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, capfd: pytest.Capt
         err = capfd.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("kframes scenes: error:") and expected in err, (argv, err)
     assert other.read_text() == '{"something": "else"}\n'
+
+
+# ---------------------------------------------------------------------------------------------------
+# Detectors: TransNetV2 and hybrid
+# ---------------------------------------------------------------------------------------------------
+
+TESTVIDEO_DISSOLVE = (529, 557)  # rock -> texture cross-fade (each frame a blend of 528 and 558; not in the JSON)
+
+
+def test_default_boundaries_are_tagged_histogram(shared_data: Path) -> None:
+    scenes = detect_scenes(shared_data / "videos" / "testvideo.mp4")
+    assert scenes[0].found_by is None and scenes[0].boundary == "start"
+    assert [s.found_by for s in scenes[1:]] == ["histogram"] * (len(scenes) - 1)
+    record = json.loads(segment_video(shared_data / "videos" / "bikes.mp4").model_dump_json())
+    assert [s["found_by"] for s in record["scenes"]] == [None] + ["histogram"] * 5
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "fades.mp4", "goldeneye-vfr-drop3.mp4", "bigbuckbunny.mp4"])
+def test_hybrid_leaves_no_doubt_on_cuts_fades_and_motion(shared_data: Path, name: str) -> None:
+    """Camera motion (bikes), flat-colour fades through black (fades), a one-shot video: nothing for TransNetV2,
+    so the hybrid's scenes are the histogram's, found by the histogram."""
+    path = shared_data / "videos" / name
+    cfg = ScenesSection(detector="hybrid")
+    with VideoReader(path) as reader:
+        span = doubt_window(reader.info, cfg)
+    sig = frame_signals(iter_luma_batches(path, cfg.downscale_width, cfg.batch_size), cfg, span=span)
+    assert doubt_spans(sig, hard_cuts(sig, cfg), cfg) == []
+    hybrid = segment_video(path, cfg)
+    assert hybrid.scenes == segment_video(path).scenes
+
+
+def test_testvideo_has_one_doubt_and_it_is_the_dissolve(shared_data: Path) -> None:
+    path = shared_data / "videos" / "testvideo.mp4"
+    cfg = ScenesSection(detector="hybrid")
+    sig = frame_signals(iter_luma_batches(path, cfg.downscale_width, cfg.batch_size), cfg, span=15)  # 0.5 s at 29.97
+    spans = doubt_spans(sig, hard_cuts(sig, cfg), cfg)
+    assert len(spans) == 1
+    (a, b), (first, last) = spans[0], TESTVIDEO_DISSOLVE
+    assert a <= first + 2 and b >= (first + last) // 2  # the stretch covers the dissolve's start and middle
+    # Without the blend test the camera-motion stretches of bikes would go to TransNetV2 too.
+    bikes = shared_data / "videos" / "bikes.mp4"
+    loose = ScenesSection(detector="hybrid", doubt_max_residual=5.0)
+    sig = frame_signals(iter_luma_batches(bikes, 160, 64), loose, span=12)
+    assert len(doubt_spans(sig, hard_cuts(sig, loose), loose)) >= 2
+
+
+def _pan_and_dissolve() -> tuple[np.ndarray, np.ndarray]:
+    """A camera pan over a random texture, and a 12-frame cross-fade between two still textures (luma, 90x160)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    blocks = cv2.resize(rng.uniform(20, 230, (3, 20)), (800, 90), interpolation=cv2.INTER_NEAREST)  # objects
+    texture = np.clip(blocks + cv2.GaussianBlur(rng.normal(0, 25, (90, 800)), (0, 0), 2), 0, 255)
+    pan = np.stack([texture[:, 8 * t : 8 * t + 160] for t in range(70)]).astype(np.uint8)
+    a, b = texture[:, :160], texture[:, 600:760]
+    mix = [a * (1 - w) + b * w for w in np.linspace(0, 1, 14)[1:-1]]
+    dissolve = np.clip(np.stack([a] * 30 + mix + [b] * 28), 0, 255).astype(np.uint8)
+    return pan, dissolve
+
+
+def test_doubts_are_cross_fades_not_camera_motion() -> None:
+    pan, dissolve = _pan_and_dissolve()
+    cfg = ScenesSection(detector="hybrid")
+    sig = frame_signals([pan], cfg, span=5)
+    assert sig.span_diff is not None and sig.span_diff.max() >= cfg.doubt_threshold  # the pan does change a lot
+    assert doubt_spans(sig, hard_cuts(sig, cfg), cfg) == []
+    sig = frame_signals([dissolve[:40], dissolve[40:]], cfg, span=5)
+    spans = doubt_spans(sig, hard_cuts(sig, cfg), cfg)
+    assert len(spans) == 1 and spans[0][0] <= 31 and spans[0][1] >= 36  # the cross-fade is frames 30-41
+    assert blend_residual(sig.small, *spans[0]) < 0.05
+
+
+def test_batched_signals_match_opencvs_per_frame_metric(shared_data: Path) -> None:
+    """The batch computation of d is cv2.compareHist's correlation, frame by frame, whatever the batching."""
+    import cv2
+
+    frames = np.concatenate(list(iter_luma_batches(shared_data / "videos" / "bikes.mp4", 160, 64)))
+    hists = [luma_histogram(f, 256) for f in frames]
+    ref = [0.0] + [1 - cv2.compareHist(a, b, cv2.HISTCMP_CORREL) for a, b in zip(hists, hists[1:], strict=False)]
+    cfg = ScenesSection()
+    for cuts in ([len(frames)], [1, 7, 100, 101]):
+        sig = frame_signals(np.split(frames, cuts)[: len(cuts) + 1], cfg, span=3)
+        np.testing.assert_allclose(sig.diff, ref, atol=1e-6)
+        far = [1 - cv2.compareHist(hists[i - 3], hists[i], cv2.HISTCMP_CORREL) if i >= 3 else 0.0 for i in range(len(hists))]
+        np.testing.assert_allclose(sig.span_diff, far, atol=1e-6)
+
+
+def test_window_spans_are_whole_windows_inside_the_video() -> None:
+    assert window_spans([(10, 30)], 1000) == [(0, 50)]
+    assert window_spans([(512, 557)], 1000) == [(510, 560)]
+    assert window_spans([(980, 1000)], 1000) == [(950, 1000)]
+    assert window_spans([(100, 160), (150, 170)], 1000) == [(85, 185)]  # overlapping: joined, whole windows
+    assert window_spans([(100, 120), (160, 180)], 1000) == [(85, 135), (145, 195)]  # separate windows
+    assert window_spans([(0, 40), (400, 410)], 1000) == [(0, 50), (380, 430)]
+    assert window_spans([(0, 1000)], 1000) == [(0, 1000)]
+    assert window_spans([(0, 30)], 30) == [(0, 50)]  # a video shorter than a window: the last frame is repeated
+
+
+def test_transnet_config_is_validated(capfd: pytest.CaptureFixture[str], shared_data: Path) -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"detector": "learned"}, {"transnet_device": "gpu"}, {"transnet_threshold": 1.0},
+                {"transnet_batch": 0}, {"doubt_window_s": 0}, {"doubt_threshold": 0}, {"doubt_max_residual": 0}):
+        with pytest.raises(ValidationError):
+            ScenesSection(**bad)
+    assert ScenesSection(detector="hybrid", transnet_device="cuda:1").transnet_device == "cuda:1"
+    video = str(shared_data / "videos" / "bikes.mp4")
+    assert main(["scenes", video, "--set", "scenes.detector=learned", "--no-progress"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "scenes.detector" in err
+
+
+def test_cuda_without_a_gpu_is_a_config_error() -> None:
+    import torch
+
+    from pipeline.core.errors import ConfigError
+
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == "cuda"
+        return
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_transnet_model_loads_without_touching_global_state() -> None:
+    import random
+
+    import torch
+
+    import data_builder.transnet as tn
+
+    tn._MODELS.pop("cpu", None)
+    torch.manual_seed(1234)
+    np.random.seed(5)
+    random.seed(6)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1234)
+    np.random.seed(5)
+    random.seed(6)
+    model = load_model("cpu")
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert load_model("cpu") is model  # once per process
+
+
+@pytest.mark.slow
+def test_transnet_windows_are_the_packages(shared_data: Path) -> None:
+    """Our batching (4 windows a call, frames from VideoReader) gives the package's own predict_frames numbers."""
+    import torch
+
+    read, close = video_reader_frames(shared_data / "videos" / "bikes.mp4")
+    try:
+        frames = to_model_frames(read(0, 120))
+    finally:
+        close()
+    model = load_model("cpu")
+    ours = predict(lambda a, b: frames[a:b], 120, device="cpu", batch_windows=4)
+    single, many = model.predict_frames(torch.from_numpy(frames), quiet=True)
+    np.testing.assert_allclose(ours.single, single.numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours.many, many.numpy(), atol=1e-4)
+    assert [t.frame for t in transitions(ours, 0.5)] == [30, 76]  # bikes' cuts, a frame after TransNetV2's mark
+    assert all(t.kind == "cut" for t in transitions(ours, 0.5))
+    part = predict(lambda a, b: frames[a:b], 120, [(60, 90)], device="cpu")
+    assert part.predicted_frames == 50 and np.isnan(part.single[:50]).all() and np.isnan(part.single[100:]).all()
+    assert [t.frame for t in transitions(part, 0.5)] == [76]
+
+
+@pytest.mark.slow
+def test_hybrid_finds_testvideos_dissolve_with_transnetv2(shared_data: Path) -> None:
+    """The histogram's cuts and fades, plus the dissolve the histogram misses, found by TransNetV2."""
+    plain = segment_video(shared_data / "videos" / "testvideo.mp4").scenes
+    scenes = segment_video(shared_data / "videos" / "testvideo.mp4", ScenesSection(detector="hybrid")).scenes
+    _covers(scenes, 720)
+    added = [s for s in scenes if s.found_by == "transnetv2"]
+    assert len(added) == 1 and added[0].boundary == "gradual"
+    assert TESTVIDEO_DISSOLVE[0] <= added[0].start_frame <= TESTVIDEO_DISSOLVE[1]
+    assert [(s.start_frame, s.boundary, s.found_by) for s in scenes if s.found_by == "histogram"] == [
+        (s.start_frame, s.boundary, s.found_by) for s in plain[1:]
+    ]
+
+
+@pytest.mark.slow
+def test_transnetv2_detector_on_hard_cuts(shared_data: Path) -> None:
+    truth = _truth(shared_data)["videos/goldeneye-vfr-drop3.mp4"]["cut_times_s"]
+    scenes = segment_video(shared_data / "videos" / "goldeneye-vfr-drop3.mp4", ScenesSection(detector="transnetv2")).scenes
+    _covers(scenes, 160)
+    assert [(s.boundary, s.found_by) for s in scenes[1:]] == [("cut", "transnetv2")] * len(truth)
+    assert [s.start_s for s in scenes[1:]] == [pytest.approx(t, abs=0.1) for t in truth]

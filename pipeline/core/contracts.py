@@ -70,6 +70,9 @@ class Scene(Record):
     boundary: Literal["start", "cut", "gradual", "split"] | None = Field(
         None, description="how the scene begins: video start, hard cut, fade/dissolve, or an even split of a long scene"
     )
+    found_by: Literal["histogram", "transnetv2"] | None = Field(
+        None, description="the detector that found the boundary the scene begins with (None: video start or split)"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Scene:

@@ -12,8 +12,14 @@ from pipeline.core.config.common import FramesSection
 
 
 class ScenesSection(Section):
-    """Histogram scene segmentation and its post-processing (data_builder.scenes; defaults argued there)."""
+    """Scene segmentation (data_builder.scenes; defaults argued there): histogram differences (the paper's method),
+    TransNetV2, or both, and the post-processing."""
 
+    detector: Literal["histogram", "transnetv2", "hybrid"] = Field(
+        "histogram",
+        description="histogram: exact cuts and fades (fast); transnetv2: the learned detector on every frame (slow on "
+        "CPU); hybrid: histogram cuts and fades plus TransNetV2's gradual transitions where the histogram is in doubt",
+    )
     threshold: float = Field(
         0.15, gt=0, lt=1, description="HistogramDetector threshold: a cut candidate when 1 - correlation >= this"
     )
@@ -43,6 +49,24 @@ class ScenesSection(Section):
     )
     skip_loop_filter: bool = Field(
         True, description="pyav: skip the H.264/HEVC deblocking filter (cheaper decode; histograms barely change)"
+    )
+    transnet_threshold: float = Field(
+        0.5, gt=0, lt=1, description="transnetv2/hybrid: a transition where TransNetV2's probability is above this"
+    )
+    transnet_device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="transnetv2/hybrid: auto (CUDA if present), cpu, cuda[:N]"
+    )
+    transnet_batch: int = Field(4, gt=0, description="transnetv2/hybrid: 100-frame windows per model call (bounds memory)")
+    doubt_window_s: float = Field(
+        0.5, gt=0, le=10, description="hybrid: the change over this many seconds decides where TransNetV2 runs"
+    )
+    doubt_threshold: float = Field(
+        0.15, gt=0, lt=1, description="hybrid: 1 - correlation of histograms doubt_window_s apart at or above which a "
+        "stretch without a cut or black frame goes to TransNetV2"
+    )
+    doubt_max_residual: float = Field(
+        0.3, gt=0, description="hybrid: a stretch goes to TransNetV2 only if its frames are cross-fades of its two ends "
+        "up to this relative residual (test videos: a dissolve 0.06, camera motion 0.49-0.97); >= 1: every stretch"
     )
 
 
