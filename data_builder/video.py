@@ -390,14 +390,22 @@ def uniform_indices(num_frames: int, count: int) -> list[int]:
     return [(2 * i + 1) * num_frames // (2 * count) for i in range(count)]  # exact integer midpoints
 
 
+def candidate_frames(timeline: VideoTimeline, num_candidates: int) -> tuple[list[int], list[float]]:
+    """The selector's T candidate frames of a video: the midpoints of T equal segments of its frames, with their
+    presentation times. The one rule: data building, training, selection and evaluation all call it, so the frames
+    a model was trained on for a video and T are the ones it sees at inference."""
+    idx = uniform_indices(timeline.num_frames, num_candidates)
+    return idx, timeline.times(idx)
+
+
 def sample_candidates(path: str | os.PathLike[str], num_candidates: int) -> tuple[list[int], list[float]]:
-    """The selector's T candidate frames: uniformly spaced indices and their presentation times (no decoding)."""
+    """`candidate_frames` of the video at `path` (its index only; nothing is decoded)."""
     p = Path(path)
     vr = _open_decord(p)
     _check_complete(p, len(vr), _container_probe(p).declared_frames)
-    starts, _ = _frame_times(vr, p)
-    idx = uniform_indices(len(vr), num_candidates)
-    return idx, [float(starts[i]) for i in idx]
+    starts, end = _frame_times(vr, p)
+    timeline = VideoTimeline(str(p), len(vr), float(vr.get_avg_fps() or 0.0), end, tuple(starts.tolist()))
+    return candidate_frames(timeline, num_candidates)
 
 
 # -- sequential analysis decoding (scene detection) ---------------------------------------------------------------

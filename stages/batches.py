@@ -17,10 +17,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from data_builder.video import uniform_indices
+from data_builder.video import FrameCache, VideoTimeline, candidate_frames, uniform_indices
 from pipeline.core.contracts import ChatTurn, TrainingExample
 from pipeline.core.errors import DataError
 from pipeline.core.io import read_jsonl_models
+from pipeline.core.prompt import format_timestamp
 
 RowFn = Callable[[TrainingExample, list[Any]], dict[str, Any]]
 
@@ -62,41 +63,47 @@ def count_image_placeholders(example: TrainingExample) -> int:
     )
 
 
-def limit_frames(example: TrainingExample, num_candidates: int) -> TrainingExample:
-    """Keep at most `num_candidates` (T) frames, chosen uniformly, with their timestamps and placeholders.
+def _frame_block(parts: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """[start, end) of the `<t=...s>` + image pairs in a rendered user turn (render_selector_messages)."""
+    starts = [i for i in range(len(parts) - 1)
+              if parts[i].get("type") == "text" and str(parts[i].get("text", "")).startswith("<t=")
+              and parts[i + 1].get("type") == "image"]
+    return (starts[0], starts[-1] + 2) if starts else None
 
-    Lets one task build serve recipes with different T (the tiny CPU recipe uses 16, the paper 256). The rendered
-    user turn has each `{"type": "image"}` right after its `<t=...s>` text part (render_selector_messages); a
-    dropped frame takes both with it, so the prompt stays exactly what the renderer would produce for the kept
-    frames.
+
+def limit_frames(example: TrainingExample, num_candidates: int, timeline: VideoTimeline | None = None) -> TrainingExample:
+    """The example over its video's T candidate frames (`candidate_frames`), with the prompt rendered for them.
+
+    One task build serves recipes with different T (the tiny CPU recipe uses 16, the paper 256). With the video's
+    `timeline`, the frames are exactly the ones inference shows for this T (the midpoints of T segments of the video,
+    which are not a subset of the data stage's T), and each `<t=...s>` + image pair of the user turn is replaced,
+    so the prompt is what the renderer produces for those frames. Without a timeline (token counting only), the
+    example keeps T of its own frames, chosen uniformly: the same count, the same prompt length.
     """
     n = len(example.frame_indices)
-    if n <= num_candidates:
+    if not n or (timeline is None and n <= num_candidates):
         return example
-
-    keep = set(uniform_indices(n, num_candidates))
+    if timeline is not None:
+        indices, times = candidate_frames(timeline, num_candidates)
+        if indices == list(example.frame_indices):
+            return example
+    else:
+        keep = uniform_indices(n, num_candidates)
+        indices = [example.frame_indices[i] for i in keep]
+        times = [example.timestamps_s[i] for i in keep]
     messages = []
-    frame_pos = 0
     for turn in example.messages:
-        if not isinstance(turn.content, list):
+        block = _frame_block(turn.content) if isinstance(turn.content, list) else None
+        if block is None:
             messages.append(turn.model_dump())
             continue
-        parts: list[dict[str, Any]] = []
-        for part in turn.content:
-            if part.get("type") == "image":
-                if frame_pos in keep:
-                    parts.append(part)
-                elif parts and parts[-1].get("type") == "text" and parts[-1].get("text", "").startswith("<t="):
-                    parts.pop()  # the dropped frame's timestamp
-                frame_pos += 1
-            else:
-                parts.append(part)
-        messages.append({"role": turn.role, "content": parts})
-    kept = sorted(keep)
+        a, b = block
+        frames = [p for t in times for p in ({"type": "text", "text": format_timestamp(t)}, {"type": "image"})]
+        messages.append({"role": turn.role, "content": [*turn.content[:a], *frames, *turn.content[b:]]})
     return example.model_copy(
         update={
-            "frame_indices": [example.frame_indices[i] for i in kept],
-            "timestamps_s": [example.timestamps_s[i] for i in kept],
+            "frame_indices": list(indices),
+            "timestamps_s": [float(x) for x in times],
             "messages": [ChatTurn.model_validate(m) for m in messages],
         }
     )
@@ -114,23 +121,31 @@ class LazyFrames:
     that several examples share (SFT1 has several tasks per video) are decoded once while it stays in the cache.
     """
 
-    def __init__(self, row_fn: RowFn, *, max_pixels: int | None, cache_size: int) -> None:
+    def __init__(
+        self, row_fn: RowFn, *, max_pixels: int | None, cache_size: int, num_candidates: int | None = None
+    ) -> None:
         self.row_fn = row_fn
         self.max_pixels = max_pixels
         self.cache_size = cache_size
-        self._cache = None
+        self.num_candidates = num_candidates
+        self._cache: FrameCache | None = None
 
     def _frames(self, example: TrainingExample) -> list[Any]:
-        if self._cache is None:
-            from data_builder.video import FrameCache
+        return self.cache.images(example.video, example.frame_indices, max_pixels=self.max_pixels)
 
+    @property
+    def cache(self) -> FrameCache:
+        if self._cache is None:
             self._cache = FrameCache(max_videos=max(self.cache_size, 1))
-        return self._cache.images(example.video, example.frame_indices, max_pixels=self.max_pixels)
+        return self._cache
 
     def __call__(self, batch: dict[str, list[str]]) -> dict[str, list[Any]]:
         rows = []
         for raw in batch["example"]:
             example = TrainingExample.model_validate_json(raw)
+            if self.num_candidates is not None and example.frame_indices:
+                timeline = self.cache.timeline(example.video, max_pixels=self.max_pixels)  # the reader decodes anyway
+                example = limit_frames(example, self.num_candidates, timeline)
             rows.append(self.row_fn(example, self._frames(example)))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
@@ -152,10 +167,10 @@ def build_dataset(
     """
     from datasets import Dataset
 
-    if num_candidates is not None:
-        examples = [limit_frames(ex, num_candidates) for ex in examples]
     ds = Dataset.from_dict({"example": [ex.model_dump_json() for ex in examples]})
-    return ds.with_transform(LazyFrames(row_fn, max_pixels=max_pixels, cache_size=cache_size))
+    return ds.with_transform(
+        LazyFrames(row_fn, max_pixels=max_pixels, cache_size=cache_size, num_candidates=num_candidates)
+    )
 
 
 def dataset_from_file(path: str, frames: Any, *, task_prefix: str, row_fn: RowFn = sft_row, require_answer: bool = True):

@@ -50,7 +50,14 @@ from stages.manifest import (
     write_manifest,
 )
 from stages.guards import FiniteLossCallback
-from stages.modeling import load_model_and_processor, merge_adapter, parameter_counts, resolve_model_path
+from stages.modeling import (
+    load_model_and_processor,
+    load_processor,
+    merge_adapter,
+    parameter_counts,
+    resolve_model_path,
+)
+from stages.preflight import check_before_training
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -260,6 +267,8 @@ def run_trainer(
 
         started_from = resolve_model_path(cfg.model.name_or_path, cfg.init_from)
         init_manifest = read_manifest(started_from) if cfg.init_from else None
+        # Before the model loads: an example that max_length would cut fails here, not on the first batch.
+        check_before_training(cfg, load_processor(started_from, cfg.frames), started_from)
         model, processor = load_model_and_processor(cfg, model_path=started_from)
         counts = parameter_counts(model)
         trainer = make_trainer(model, processor, [CompleteCheckpointCallback(), FiniteLossCallback(), *callbacks])

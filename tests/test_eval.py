@@ -264,6 +264,44 @@ def test_cli_eval_end_to_end_with_tiny_models(shared_data: Path, tiny_model_dir:
     assert load_questions("jsonl", data)[0].question_id == "q0"
 
 
+def test_another_model_in_the_same_folder_gets_its_own_results(shared_data: Path, tiny_model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """Results are keyed by the selector's model content and settings: evaluating model B into model A's folder,
+    or model A again after it was retrained in place, computes new rows instead of reporting the old ones."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.cli.main import main
+
+    data = _questions(shared_data, tmp_path)
+    model = tmp_path / "selector"
+    shutil.copytree(tiny_model_dir, model)
+    out = tmp_path / "eval"
+    argv = ["eval", "--benchmark", "jsonl", "--data", str(data), "--selector", "kframes", "--selector-model",
+            str(model), "--num-candidates", "4", "--k", "2", "--downstream", "transformers:tiny", "--out", str(out),
+            "--quiet", "--limit", "1"]
+
+    def rows() -> list[dict]:
+        return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+
+    assert main(argv) == 0
+    first = rows()
+    assert len(first) == 1
+    assert main(argv) == 0 and rows() == first  # same model, same settings: nothing recomputed
+    # retrained in place: same path, other weights
+    weights = load_file(str(model / "model.safetensors"))
+    name = next(k for k in weights if "layers.0.mlp.up_proj" in k)
+    weights[name] = weights[name] + 1.0
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    assert main(argv) == 0
+    again = rows()
+    assert len(again) == 2 and again[1]["result_id"] != first[0]["result_id"]
+    assert again[1]["selector"] == first[0]["selector"]  # the same row of the table, recomputed
+    analyses = [json.loads(x) for x in (out / "analyses.jsonl").read_text().splitlines()]
+    assert len({a["selector_id"] for a in analyses}) == 2
+
+
 def test_cli_eval_bad_flags_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pipeline.cli.main import main
 

@@ -140,19 +140,28 @@ def test_trainer_batches_mask_everything_but_the_answer(task_files, tmp_path):
     assert not (batch["labels"] == image_token).any()
 
 
-def test_limit_frames_keeps_each_frame_with_its_timestamp(task_files):
+def test_training_prompt_over_fewer_frames_is_the_inference_prompt(task_files, tiny_model_dir):
+    """A recipe with a smaller T than the data stage's trains on the video's own T candidates (the rule inference
+    uses), not on a thinned subset of the data stage's frames: the two prompts are identical."""
+    from data_builder.video import VideoTimeline
+    from pipeline.inference.selector import Selector
     from stages.batches import count_image_placeholders, limit_frames, load_examples
 
     ex = load_examples(task_files["sft2"], task_prefix="sft2.", require_answer=True)[0]
-    small = limit_frames(ex, 3)
+    timeline = VideoTimeline.read(ex.video)
+    small = limit_frames(ex, 3, timeline)
     assert len(small.frame_indices) == len(small.timestamps_s) == count_image_placeholders(small) == 3
-    assert set(small.frame_indices) <= set(ex.frame_indices)
-    # the user turn is what the one renderer produces for the kept frames
     request = SFT2_SPECS[0][1]
     expected = render_selector_messages(small.timestamps_s, request, duration_s=ex.duration_s)[0]["content"]
     assert small.messages[0].content == expected
     assert small.messages[-1] == ex.messages[-1]
-    assert limit_frames(ex, T) is ex
+    selector = Selector(model=None, processor=None, num_candidates=3, max_pixels=3136)
+    frames, inference = selector.messages(timeline, request)
+    assert frames == small.frame_indices and inference == [m.model_dump() for m in small.messages[:-1]]
+    assert limit_frames(ex, T, timeline) is ex  # the data stage's own T: unchanged
+    # without a timeline (token counting), the same number of frames and the same prompt shape
+    counted = limit_frames(ex, 3)
+    assert count_image_placeholders(counted) == 3 and set(counted.frame_indices) <= set(ex.frame_indices)
 
 
 def test_task_file_problems_are_named(task_files, tmp_path):

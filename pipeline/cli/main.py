@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import basic, data, evaluate, run, scenes, select, submit, train
+from pipeline.cli import basic, check, data, evaluate, run, scenes, select, submit, train
 from pipeline.core.errors import KframesError
 from pipeline.core.secrets import redact
 
-COMMAND_MODULES = (basic, scenes, data, select, evaluate, train, run, submit)
+COMMAND_MODULES = (basic, scenes, data, select, evaluate, check, train, run, submit)
 
 
 def build_parser() -> argparse.ArgumentParser:

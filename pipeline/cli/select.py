@@ -145,9 +145,12 @@ def _write_sheet(selector: Any, result: Any, path: Path) -> None:
 
 
 def _load_selector(args: argparse.Namespace) -> Any:
-    return Selector.from_pretrained(
-        args.model, num_candidates=args.num_candidates, max_pixels=args.max_pixels, device=args.device
+    selector = Selector.from_pretrained(
+        args.model, num_candidates=args.num_candidates, max_pixels=args.max_pixels, device=args.device,
+        generation={"repetition_penalty": args.repetition_penalty},
     )
+    print(f"kframes select: decoding {_describe_generation(selector.generation)}", file=sys.stderr)
+    return selector
 
 
 def _run_one(
@@ -242,6 +245,7 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
         "T": args.num_candidates,
         "max_pixels": args.max_pixels,
         "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": args.repetition_penalty,
         **_sampler_kwargs(args),
     }
     for it in items:
@@ -284,6 +288,10 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return 0
+
+
+def _describe_generation(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -356,5 +364,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-pixels", type=positive_int, default=None, help="pixels per candidate frame (default: the processor's)"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation budget")
+    p.add_argument("--repetition-penalty", type=finite_float, default=1.0,
+                   help="greedy decoding's repetition penalty (default 1.0: none; the checkpoint's own is not used)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     p.set_defaults(func=_cmd_select)

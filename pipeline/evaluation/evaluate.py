@@ -29,8 +29,8 @@ from typing import Any
 
 from pipeline.core.config import DownstreamSection, EvalConfig
 from pipeline.core.contracts import EvalQuestion
-from pipeline.core.errors import DataError, VideoError
-from pipeline.core.io import Journal, atomic_write_json
+from pipeline.core.errors import BackendError, DataError, KframesError, VideoError
+from pipeline.core.io import Journal, OutputLock, atomic_write_json
 from pipeline.core.models import resolve_model
 from pipeline.evaluation.benchmarks import check_videos_exist, load_benchmark, missing_videos, write_questions_jsonl
 from pipeline.evaluation.report import BREAKDOWNS, summarize, write_reports
@@ -167,73 +167,85 @@ def evaluate(
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run_folder(out, cfg)
-    data: dict[str, Any] | None = None
-    if questions is None:
-        loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
-        questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
-        check_videos_exist(questions, loaded.path)
-        data = {**loaded.summary(questions), "limit": cfg.limit}
-        for s in loaded.skipped:
-            log.warning("skipped %s", s)
-    if selectors is None:
-        selectors = [make_selector(s) for s in cfg.selectors]
-    labels = [s.label for s in selectors]
-    if len(set(labels)) != len(labels):
-        raise DataError(f"two selectors share the label {labels}; set `label:` to tell them apart")
-    ks = sorted(set(cfg.k))
-    results = Journal(out / RESULTS_FILE, ("selector", "k", "question_id"))
-    analyses = Journal(out / ANALYSES_FILE, ("selector_id", "question_id"))
-    counter = VisualTokenCounter(cfg.downstream)
-    frames: Any = None
-    metas: dict[str, VideoTimeline] = {}
+    with OutputLock(out):  # one writer per output folder: a second eval into it fails at once
+        _check_run_folder(out, cfg)
+        data: dict[str, Any] | None = None
+        if questions is None:
+            loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
+            questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
+            check_videos_exist(questions, loaded.path)
+            data = {**loaded.summary(questions), "limit": cfg.limit}
+            for s in loaded.skipped:
+                log.warning("skipped %s", s)
+        if selectors is None:
+            selectors = [make_selector(s) for s in cfg.selectors]
+        labels = [s.label for s in selectors]
+        if len(set(labels)) != len(labels):
+            raise DataError(f"two selectors share the label {labels}; set `label:` to tell them apart")
+        ks = sorted(set(cfg.k))
+        # A result is keyed by everything that made it: the selector's model (by content) and settings, k and the
+        # question; a rerun into the same folder with another model computes its own rows, never reuses these.
+        results = Journal(out / RESULTS_FILE, ("result_id", "k", "question_id"))
+        analyses = Journal(out / ANALYSES_FILE, ("selector_id", "question_id"))
+        counter = VisualTokenCounter(cfg.downstream)
+        frames: Any = None
+        metas: dict[str, VideoTimeline] = {}
 
-    for sel in selectors:
-        todo = [q for q in questions if any(results.get(sel.label, k, q.question_id) is None for k in ks)]
-        if not todo:
-            continue
-        if backend is None:
-            from rewards.backends import make_backend
-
-            backend = make_backend(cfg.downstream)
-        if frames is None:
-            from data_builder.video import FrameCache
-
-            frames = FrameCache(max_videos=max(1, cfg.video_cache))
-        for q in tqdm(todo, desc=f"eval {sel.label}", unit="q", disable=not progress):
-            try:
-                meta = metas.get(q.video) or VideoTimeline.read(q.video)
-                if len(metas) > 256:
-                    metas.clear()
-                metas[q.video] = meta
-                analysis = analyses.get(sel.selector_id, q.question_id)
-                if analysis is None:
-                    t0 = time.perf_counter()
-                    result = sel.analyze(meta, q.question, q.options)
-                    analysis = {"selector_id": sel.selector_id, "question_id": q.question_id,
-                                "analysis_s": time.perf_counter() - t0, "analysis": result}
-                    analyses.add(analysis)
-            except VideoError as exc:  # one unreadable video must not end a day-long run
-                for k in ks:
-                    if results.get(sel.label, k, q.question_id) is None:
-                        results.add(_error_record(sel, q, k, str(exc)))
+        for sel in selectors:
+            todo = [q for q in questions if any(results.get(sel.result_id, k, q.question_id) is None for k in ks)]
+            if not todo:
                 continue
-            for k in ks:
-                if results.get(sel.label, k, q.question_id) is None:
-                    results.add(_answer(sel, q, k, meta, analysis, frames, backend, counter, cfg.downstream))
+            if backend is None:
+                from rewards.backends import make_backend
 
-    by_id = {q.question_id: q for q in questions}
-    summary = summarize(
-        [_with_question_fields(r, by_id[r["question_id"]]) for r in results.records.values()
-         if r["selector"] in labels and r["k"] in ks and r["question_id"] in by_id],
-        benchmark=reported_benchmark(cfg.benchmark, questions),
-        downstream=cfg.downstream,
-        selectors=labels,
-        ks=ks,
-        data=data,
-    )
-    write_reports(out, summary)
-    return summary
+                backend = make_backend(cfg.downstream)
+            if frames is None:
+                from data_builder.video import FrameCache
+
+                frames = FrameCache(max_videos=max(1, cfg.video_cache))
+            for q in tqdm(todo, desc=f"eval {sel.label}", unit="q", disable=not progress):
+                try:
+                    meta = metas.get(q.video) or VideoTimeline.read(q.video)
+                    if len(metas) > 256:
+                        metas.clear()
+                    metas[q.video] = meta
+                    analysis = analyses.get(sel.selector_id, q.question_id)
+                    if analysis is None:
+                        t0 = time.perf_counter()
+                        result = sel.analyze(meta, q.question, q.options)
+                        analysis = {"selector_id": sel.selector_id, "question_id": q.question_id,
+                                    "analysis_s": time.perf_counter() - t0, "analysis": result}
+                        analyses.add(analysis)
+                except Exception as exc:  # one bad video or question must not end a day-long run; a rerun retries it
+                    message = str(exc) if isinstance(exc, KframesError) else f"{type(exc).__name__}: {exc}"
+                    for k in ks:
+                        if results.get(sel.result_id, k, q.question_id) is None:
+                            results.add(_error_record(sel, q, k, message))
+                    continue
+                for k in ks:
+                    if results.get(sel.result_id, k, q.question_id) is None:
+                        try:
+                            rec = _answer(sel, q, k, meta, analysis, frames, backend, counter, cfg.downstream)
+                        except BackendError:
+                            raise  # the downstream server is down: stop, resume later
+                        except Exception as exc:
+                            message = str(exc) if isinstance(exc, KframesError) else f"{type(exc).__name__}: {exc}"
+                            rec = _error_record(sel, q, k, message)
+                        results.add(rec)
+
+        by_id = {q.question_id: q for q in questions}
+        current = {sel.result_id for sel in selectors}
+        summary = summarize(
+            [_with_question_fields(r, by_id[r["question_id"]]) for r in results.records.values()
+             if r.get("result_id") in current and r["k"] in ks and r["question_id"] in by_id],
+            benchmark=reported_benchmark(cfg.benchmark, questions),
+            downstream=cfg.downstream,
+            selectors=labels,
+            ks=ks,
+            data=data,
+        )
+        write_reports(out, summary)
+        return summary
 
 
 def reported_benchmark(benchmark: str, questions: list[EvalQuestion]) -> str:
@@ -251,7 +263,8 @@ def _with_question_fields(rec: dict[str, Any], q: EvalQuestion) -> dict[str, Any
 
 
 def _error_record(sel: FrameSelector, q: EvalQuestion, k: int, error: str) -> dict[str, Any]:
-    return {"selector": sel.label, "selector_id": sel.selector_id, "k": k, "question_id": q.question_id,
+    return {"selector": sel.label, "selector_id": sel.selector_id, "result_id": sel.result_id, "k": k,
+            "question_id": q.question_id,
             "task_type": q.task_type, "task_types": q.task_types, "duration_group": q.duration_group,
             "answer": q.answer, "pred": None, "correct": False, "error": error}
 
@@ -284,6 +297,7 @@ def _answer(
     return {
         "selector": sel.label,
         "selector_id": sel.selector_id,
+        "result_id": sel.result_id,
         "k": k,
         "question_id": q.question_id,
         "task_type": q.task_type,

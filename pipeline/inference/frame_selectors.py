@@ -28,7 +28,8 @@ from data_builder.image_text import ImageTextScorer
 from data_builder.video import VideoTimeline, uniform_indices
 from pipeline.core.contracts import KeyClip
 from pipeline.core.errors import ConfigError
-from pipeline.core.models import resolve_model
+from pipeline.core.models import model_fingerprint, resolve_model
+from pipeline.inference.selector import NEUTRAL_GENERATION
 from pipeline.core.sampler import sample_frames
 
 if TYPE_CHECKING:
@@ -80,13 +81,31 @@ class FrameSelector(ABC):
         return self._label or self.name
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes this selector's output; it keys the analysis cache."""
+        """Everything that changes `analyze` (a model by its content, not its path); it keys the analysis cache."""
         return {"name": self.name}
+
+    def choice_settings(self) -> dict[str, Any]:
+        """Everything else that changes `choose` (the sampler's mode and weights); with `settings` it keys results."""
+        return {}
+
+    def model_content(self, model: str) -> str:
+        """The content fingerprint of this selector's model, read once per run: weights retrained in place at the
+        same path are another model."""
+        cached = getattr(self, "_model_content", None)
+        if cached is None:
+            cached = self._model_content = model_fingerprint(resolve_model(model))
+        return cached
 
     @property
     def selector_id(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.label}-{digest}"
+
+    @property
+    def result_id(self) -> str:
+        """The key of this selector's results: a rerun with another model, model content or setting recomputes."""
+        both = {"analysis": self.settings(), "choice": self.choice_settings()}
+        return f"{self.label}-{hashlib.sha256(json.dumps(both, sort_keys=True).encode()).hexdigest()[:12]}"
 
     @abstractmethod
     def analyze(self, video: VideoTimeline, question: str, options: Sequence[str] | None = None) -> dict[str, Any]:
@@ -141,7 +160,8 @@ class _ScoredSelector(FrameSelector):
         self._scorer: ImageTextScorer | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model, "T": self.num_candidates, "max_pixels": self.max_pixels}
+        return {"name": self.name, "model": self.model, "model_content": self.model_content(self.model), "T": self.num_candidates,
+                "max_pixels": self.max_pixels}
 
     @property
     def scorer(self) -> ImageTextScorer:
@@ -245,8 +265,11 @@ class KFramesSelector(FrameSelector):
 
     def settings(self) -> dict[str, Any]:
         # The mode is not part of the analysis: one prediction serves every mode and k.
-        return {"name": self.name, "model": self.model, "T": self.num_candidates, "max_pixels": self.max_pixels,
-                "max_new_tokens": self.max_new_tokens}
+        return {"name": self.name, "model": self.model, "model_content": self.model_content(self.model), "T": self.num_candidates,
+                "max_pixels": self.max_pixels, "max_new_tokens": self.max_new_tokens, "generation": NEUTRAL_GENERATION}
+
+    def choice_settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, **self.sampler_kwargs}
 
     @property
     def selector_id(self) -> str:

@@ -16,12 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from data_builder.video import FrameCache, uniform_indices
+from data_builder.video import FrameCache, VideoTimeline, candidate_frames
 from pipeline.core.contracts import KeyClip, VideoInfo
 from pipeline.core.models import resolve_model
 from pipeline.core.prompt import ParsedClips, parse_clips, render_selector_messages
 from pipeline.core.sampler import SampleResult, sample_frames
 from stages.modeling import load_pretrained, load_processor
+
+
+# How the selector decodes unless told otherwise: greedy, no repetition penalty. A checkpoint's own
+# generation_config.json (Qwen2.5-VL ships do_sample=True and repetition_penalty=1.05) is NOT inherited: a penalty
+# on repeated digits would push clip bounds away from the timestamps the prompt shows.
+NEUTRAL_GENERATION: dict[str, Any] = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0}
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Prediction:
     candidate_indices: list[int]
     candidate_timestamps_s: list[float]
     frame_times_s: np.ndarray = field(repr=False)  # presentation time of every frame (for the sampler)
+    generation: dict[str, Any] = field(default_factory=dict)  # the decoding settings in effect
 
 
 @dataclass
@@ -56,6 +63,7 @@ class SelectionResult:
     timings: dict[str, float]
     raw: str
     dropped: list[str] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
@@ -87,12 +95,14 @@ class Selector:
         num_candidates: int = 256,
         max_pixels: int | None = None,
         cache_videos: int = 4,
+        generation: dict[str, Any] | None = None,
     ) -> None:
         if num_candidates <= 0:
             raise ValueError(f"num_candidates must be positive, got {num_candidates}")
         self.model = model
         self.processor = processor
         self.num_candidates = num_candidates
+        self.generation = {**NEUTRAL_GENERATION, **(generation or {})}
         if max_pixels is None:
             size = getattr(processor, "image_processor", None)
             size = getattr(size, "size", None) or {}
@@ -101,7 +111,6 @@ class Selector:
             )
         self.max_pixels = int(max_pixels) if max_pixels else None
         self.cache = FrameCache(max_videos=cache_videos)
-        self._times: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_pretrained(
@@ -112,22 +121,30 @@ class Selector:
         max_pixels: int | None = None,
         device: str = "cpu",
         attn_implementation: str = "sdpa",
+        generation: dict[str, Any] | None = None,
     ) -> Selector:
         path = resolve_model(str(model_dir))
         device, dtype = _device_and_dtype(device)
         model = load_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
         model.to(device).eval().requires_grad_(False)
-        return cls(model, load_processor(path), num_candidates=num_candidates, max_pixels=max_pixels)
+        return cls(model, load_processor(path), num_candidates=num_candidates, max_pixels=max_pixels,
+                   generation=generation)
 
-    def video_times(self, video_path: str | Path) -> tuple[VideoInfo, np.ndarray]:
-        """The video's metadata and the presentation time of every frame (read once per video)."""
-        info = self.cache.info(video_path, max_pixels=self.max_pixels)  # same decoder as the frames below
-        key = str(Path(video_path).resolve())
-        if key not in self._times:
-            all_frames = range(info.num_frames)
-            times = self.cache.timestamps(video_path, all_frames, max_pixels=self.max_pixels)
-            self._times[key] = np.asarray(times, dtype=np.float64)
-        return info, self._times[key]
+    def generation_config(self, max_new_tokens: int) -> Any:
+        """A fresh GenerationConfig: the selector's settings, and only the checkpoint's stop and pad tokens."""
+        from transformers import GenerationConfig
+
+        own = self.model.generation_config
+        tok = self.processor.tokenizer
+        pad = own.pad_token_id if own.pad_token_id is not None else tok.pad_token_id
+        return GenerationConfig(**self.generation, max_new_tokens=max_new_tokens, eos_token_id=own.eos_token_id,
+                                pad_token_id=pad if pad is not None else tok.eos_token_id)
+
+    def messages(self, timeline: VideoTimeline, query: str, options: Sequence[str] | None = None) -> tuple[list[int], list[dict[str, Any]]]:
+        """The candidate frames of a video and the selector's prompt over them: the same rule and renderer as the
+        training examples of the data stage, so a model sees at inference what it was trained on."""
+        cand, cand_t = candidate_frames(timeline, self.num_candidates)
+        return cand, render_selector_messages(cand_t, query, duration_s=timeline.duration_s, options=options)
 
     def predict(
         self,
@@ -143,25 +160,19 @@ class Selector:
         """
         import torch
 
-
         t0 = time.perf_counter()
-        info, times = self.video_times(video_path)
-        cand = uniform_indices(info.num_frames, self.num_candidates)
-        cand_t = [float(times[i]) for i in cand]
+        info = self.cache.info(video_path, max_pixels=self.max_pixels)  # the reader the frames come from
+        timeline = self.cache.timeline(video_path, max_pixels=self.max_pixels)
+        cand, messages = self.messages(timeline, query, options)
         images = self.cache.images(video_path, cand, max_pixels=self.max_pixels)
         t1 = time.perf_counter()
 
-        messages = render_selector_messages(cand_t, query, duration_s=info.duration_s, options=options)
         prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs = self.processor(text=[prompt], images=images, return_tensors="pt").to(self.model.device)
         tok = self.processor.tokenizer
+        config = self.generation_config(max_new_tokens)
         with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            )
+            out = self.model.generate(**inputs, generation_config=config)
         raw = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         t2 = time.perf_counter()
         parsed = parse_clips(raw, info.duration_s, strict=False)
@@ -175,8 +186,9 @@ class Selector:
             },
             video=info,
             candidate_indices=list(cand),
-            candidate_timestamps_s=cand_t,
-            frame_times_s=times,
+            candidate_timestamps_s=timeline.times(cand),
+            frame_times_s=np.asarray(timeline.timestamps_s, dtype=np.float64),
+            generation={**self.generation, "max_new_tokens": max_new_tokens},
         )
 
 
@@ -239,4 +251,5 @@ def selection_from_prediction(
         timings={k2: round(v, 6) for k2, v in timings.items()},
         raw=pred.raw,
         dropped=list(pred.clips.dropped) + res.dropped,
+        generation=dict(pred.generation),
     )

@@ -25,7 +25,7 @@ from pipeline.inference.selector import Selector, select_frames
 SELECTIONS_FILE = "selections.jsonl"
 # what each selections.jsonl line keeps of a pipeline.inference.selector.SelectionResult (besides the question)
 _KEEP = ("k", "clips", "parse_error", "indices", "timestamps_s", "fallback", "fallback_reason", "allocations",
-         "timings", "raw")
+         "timings", "raw", "generation")
 HELDOUT_FILE = "heldout.jsonl"
 
 
