@@ -31,3 +31,13 @@ def tiny_model_dir() -> Path:
 
     cache = os.environ.get("KFRAMES_CACHE") or str(ROOT / ".cache" / "kframes")
     return build_tiny_model(cache)
+
+
+@pytest.fixture(scope="session")
+def real_processor_model_dir(shared_data: Path) -> Path:
+    """A tiny random-weight Qwen2.5-VL with the REAL Qwen2.5-VL processor of ../shared/data (tokenizer, published
+    chat template, image processor, special-token ids, generation config), built locally once."""
+    from pipeline.core.models import build_tiny_model_from_processor
+
+    cache = os.environ.get("KFRAMES_CACHE") or str(ROOT / ".cache" / "kframes")
+    return build_tiny_model_from_processor(shared_data / "qwen2_5_vl_7b_instruct_processor", cache)

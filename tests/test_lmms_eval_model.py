@@ -77,16 +77,18 @@ def _instance(*args: Any) -> Any:
     return _Request()
 
 
+@pytest.mark.parametrize("model", ["tiny", "real-processor"])
 @pytest.mark.parametrize(("selector", "frames", "stamp"), [
     ("lmms_uniform", [0, 83, 166, 249], "<t=10.0s>"),  # np.linspace(0, 249, 4): first and last frame included
     ("uniform", [31, 93, 156, 218], "<t=1.2s>"),  # midpoints of 4 equal segments of 250 frames at 25 fps
 ])
-def test_generate_and_loglikelihood_on_a_real_video(shared_data: Path, tiny_model_dir: Path, selector: str,
-                                                    frames: list[int], stamp: str) -> None:
+def test_generate_and_loglikelihood_on_a_real_video(shared_data: Path, selector: str, frames: list[int], stamp: str,
+                                                    model: str, request: pytest.FixtureRequest) -> None:
     from pipeline.inference.frame_selectors import VideoTimeline
     from pipeline.inference.lmms_eval_model import SAMPLINGS, KFramesQwen2_5_VL
 
-    lm = KFramesQwen2_5_VL(pretrained=str(tiny_model_dir), selector=selector, k=4, device="cpu", dtype="float32",
+    model_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "real_processor_model_dir")
+    lm = KFramesQwen2_5_VL(pretrained=str(model_dir), selector=selector, k=4, device="cpu", dtype="float32",
                            max_new_tokens=3)
     assert lm.sampling == SAMPLINGS[selector]
     video = str(shared_data / "videos" / "bikes.mp4")

@@ -115,16 +115,23 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_trainer_batches_mask_everything_but_the_answer(task_files, tmp_path):
-    """The collator the SFT trainer actually uses labels exactly the assistant's answer (+ its end token)."""
+@pytest.mark.parametrize("model", ["tiny", "real-processor"])
+def test_trainer_batches_mask_everything_but_the_answer(task_files, tmp_path, model, request):
+    """The collator the SFT trainer actually uses labels exactly the assistant's answer (+ its end token): with the
+    on-the-spot tokenizer's template (generation markers), and with the real Qwen2.5-VL processor's published
+    template, which has none and which TRL swaps for its own training copy."""
     from stages.batches import dataset_from_file
     from stages.common import load_model_and_processor
     from stages.sft import build_trainer
 
     cfg = _cfg("sft2", tmp_path / "out", task_files["sft2"])
+    if model == "real-processor":
+        cfg.model.name_or_path = str(request.getfixturevalue("real_processor_model_dir"))
     ds = dataset_from_file(cfg.data.train_file, cfg.frames, task_prefix="sft2.")
     assert ds.column_names == ["example"]  # only JSON is stored; frames appear on access
     model, processor = load_model_and_processor(cfg)
+    if model == "real-processor":
+        assert "{% generation %}" not in processor.chat_template  # the published template, as shipped
     trainer = build_trainer(cfg, model, processor, ds, None, [])
     rows = [ds[i] for i in range(len(ds))]
     assert all(len(r["images"]) == T for r in rows)
@@ -133,11 +140,37 @@ def test_trainer_batches_mask_everything_but_the_answer(task_files, tmp_path):
     for row, labels, ids in zip(rows, batch["labels"], batch["input_ids"]):
         answer = row["messages"][-1]["content"]
         kept = labels[labels != -100]
-        assert processor.tokenizer.decode(kept) == answer + "<|im_end|>"
+        # TRL's training copy of the published template also labels the newline after the end token
+        assert processor.tokenizer.decode(kept) in (answer + "<|im_end|>", answer + "<|im_end|>\n")
         # the kept labels are the input tokens at the same positions (no shift or offset mistakes)
         assert torch.equal(ids[labels != -100], kept)
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert not (batch["labels"] == image_token).any()
+
+
+def test_each_timestamp_stands_before_its_own_frames_vision_tokens(real_processor_model_dir):
+    """With the real processor, `<t=...s>` i is followed by frame i's vision tokens, and no other frame's: frames of
+    different sizes give different token counts, so a shift would show."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(real_processor_model_dir)
+    sizes = [(56, 56), (112, 56), (56, 168), (224, 112)]  # 4, 8, 12 and 32 visual tokens after the 2x2 merge
+    times = [0.0, 1.5, 3.0, 12.4]
+    messages = render_selector_messages(times, "what happens?", duration_s=20.0)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    enc = processor(text=[text], images=[Image.new("RGB", s) for s in sizes], return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    tok = processor.tokenizer
+    start, pad, end = (tok.convert_tokens_to_ids(x) for x in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"))
+    per_frame = [int(g.prod()) // 4 for g in enc["image_grid_thw"]]
+    assert per_frame == [4, 8, 12, 32]
+    pos = 0
+    for t, n in zip(times, per_frame, strict=True):
+        begin = ids.index(start, pos)
+        assert tok.decode(ids[pos:begin]).endswith(f"<t={t:.1f}s>")  # the text right before the frame is its time
+        assert ids[begin + 1 : begin + 1 + n] == [pad] * n and ids[begin + 1 + n] == end
+        pos = begin + n + 2
 
 
 def test_training_prompt_over_fewer_frames_is_the_inference_prompt(task_files, tiny_model_dir):

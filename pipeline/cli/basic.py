@@ -14,7 +14,7 @@ from pipeline.core.config import add_config_args, dump_config, load_stage_config
 from pipeline.core.contracts import CONTRACTS, Record
 from pipeline.core.errors import DataError
 from pipeline.core.io import validation_problems
-from pipeline.core.models import build_tiny_model
+from pipeline.core.models import build_tiny_model, build_tiny_model_from_processor
 
 
 def guess_contract(obj: dict[str, Any]) -> type[Record] | None:
@@ -94,7 +94,10 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    print(build_tiny_model(args.cache_dir))
+    if args.local_tokenizer:
+        print(build_tiny_model(args.cache_dir))
+    else:
+        print(build_tiny_model_from_processor(args.processor, args.cache_dir))
     return 0
 
 
@@ -111,6 +114,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(show)
     show.set_defaults(func=_cmd_config_show)
 
-    p = sub.add_parser("tiny-model", help="build (once) the tiny local Qwen2.5-VL and print its folder")
+    p = sub.add_parser(
+        "tiny-model",
+        help="build (once) a tiny random-weight Qwen2.5-VL around a real processor folder and print its folder",
+        description="Layers and widths shrunk, weights random; the tokenizer, chat template, image processor, "
+        "special-token ids and generation config are the processor folder's (default: $KFRAMES_PROCESSOR_DIR, "
+        "else ../shared/data/qwen2_5_vl_7b_instruct_processor). Recipes name it 'tiny-real'.",
+    )
+    p.add_argument("--processor", default=None, help="processor folder (config.json, tokenizer and image processor files)")
+    p.add_argument("--local-tokenizer", action="store_true",
+                   help="instead: the smaller 'tiny' model, with a tokenizer trained on the spot (what the fast tests use)")
     p.add_argument("--cache-dir", default=None, help="where to build it (default: $KFRAMES_CACHE or ~/.cache/kframes)")
     p.set_defaults(func=_cmd_tiny_model)
