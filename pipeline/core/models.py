@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.io import file_digests, verify_digests
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import file_digests, sha256_file, verify_digests
 from pipeline.core.prompt import SELECTOR_INSTRUCTION, TASK_INSTRUCTIONS
 
 # Qwen2-VL's chat template, with `{% generation %}` markers around the assistant's text so that
@@ -315,7 +316,9 @@ def _build_tiny_clip(folder: Path) -> None:
 def resolve_model(name_or_path: str) -> str:
     """The one place a model name from a recipe or a flag becomes something `from_pretrained` loads.
 
-    - 'tiny': the locally built tiny Qwen2.5-VL (built once); 'tiny-clip': the tiny CLIP. Every recipe field that
+    - 'tiny': the locally built tiny Qwen2.5-VL (built once); 'tiny-clip': the tiny CLIP; 'demo': the demo's larger
+      selector (DEMO_RECIPE); 'tiny-real': a tiny Qwen2.5-VL with the real Qwen2.5-VL processor (tokenizer, published
+      chat template, image processor, special-token ids) of `default_processor_dir()`. Every recipe field that
       names a model (selector, downstream, annotator, similarity scorer) accepts them, so tests and the demo run
       the same code as a GPU recipe naming a hub id.
     - a training stage's output folder (it holds `final/` and no `config.json`): its `final/` model.
@@ -327,6 +330,8 @@ def resolve_model(name_or_path: str) -> str:
         return str(build_tiny_clip())
     if name_or_path == "demo":
         return str(build_demo_model())
+    if name_or_path == "tiny-real":
+        return str(build_tiny_model_from_processor())
     p = Path(name_or_path)
     if (p / "final").is_dir() and not (p / "config.json").is_file():
         return str(p / "final")
@@ -353,3 +358,84 @@ def model_fingerprint(path: str | os.PathLike[str]) -> str:
     if digests is None or verify_digests(p, digests, hashes=False):
         digests = file_digests(p, skip=("stage.json",))
     return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in digests.items()}, sort_keys=True).encode()).hexdigest()
+
+
+# A tiny Qwen2.5-VL around a REAL processor: the published tokenizer (151k tokens), chat template (no generation
+# markers: TRL swaps in its own training copy) and image processor, the real special-token ids and generation
+# config, with the layers and widths of the tiny model. What the on-the-spot tokenizer cannot show: the real
+# template's rendering, TRL's template swap, real token counts, the checkpoint's own decoding defaults.
+TINY_REAL_RECIPE: dict[str, Any] = {
+    "version": 1,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vision_depth": 1,
+    "vision_hidden_size": 32,
+    "vision_intermediate_size": 64,
+    "vision_num_heads": 2,
+    "seed": 0,
+}
+PROCESSOR_FILES = ("chat_template.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.json",
+                   "preprocessor_config.json", "config.json", "generation_config.json")
+SHARED_PROCESSOR = Path(__file__).resolve().parents[3] / "shared" / "data" / "qwen2_5_vl_7b_instruct_processor"
+
+
+def default_processor_dir() -> Path:
+    """$KFRAMES_PROCESSOR_DIR, else the real Qwen2.5-VL processor files in ../shared/data beside the checkout."""
+    env = os.environ.get("KFRAMES_PROCESSOR_DIR")
+    return Path(env) if env else SHARED_PROCESSOR
+
+
+def build_tiny_model_from_processor(
+    processor_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> Path:
+    """Build (once) a random-weight Qwen2.5-VL with `processor_dir`'s processor and config, shrunk per `recipe`.
+
+    Cached by the recipe and the content of the processor files, so another processor gets another model.
+    """
+    source = Path(processor_dir) if processor_dir is not None else default_processor_dir()
+    if not (source / "config.json").is_file() or not (source / "preprocessor_config.json").is_file():
+        raise ConfigError(
+            f"{source}: not a processor folder (needs config.json, preprocessor_config.json and the tokenizer files); "
+            "set KFRAMES_PROCESSOR_DIR or pass --processor DIR"
+        )
+    recipe = dict(TINY_REAL_RECIPE if recipe is None else recipe)
+    digests = {name: sha256_file(source / name) for name in PROCESSOR_FILES if (source / name).is_file()}
+    key = {**recipe, "processor_files": digests}
+    return build_once("tiny-real-qwen2_5_vl", key, lambda folder: _build_from_processor(source, recipe, folder),
+                      marker="kframes_tiny_recipe.json", cache_dir=cache_dir)
+
+
+def _build_from_processor(source: Path, recipe: dict[str, Any], out_dir: Path) -> None:
+    import torch
+    from transformers import AutoProcessor, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(source)
+    config = Qwen2_5_VLConfig.from_pretrained(source)
+    hidden, heads = int(recipe["hidden_size"]), int(recipe["num_attention_heads"])
+    half = hidden // heads // 2  # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width)
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text = config.text_config
+    text.hidden_size, text.intermediate_size = hidden, int(recipe["intermediate_size"])
+    text.num_hidden_layers, text.num_attention_heads = int(recipe["num_hidden_layers"]), heads
+    text.num_key_value_heads, text.max_window_layers = int(recipe["num_key_value_heads"]), int(recipe["num_hidden_layers"])
+    text.layer_types = ["full_attention"] * text.num_hidden_layers
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    rope.update({"mrope_section": mrope, "rope_type": rope.get("rope_type", "default")})
+    text.rope_parameters = rope
+    vision = config.vision_config
+    vision.depth, vision.hidden_size = int(recipe["vision_depth"]), int(recipe["vision_hidden_size"])
+    vision.intermediate_size, vision.num_heads = int(recipe["vision_intermediate_size"]), int(recipe["vision_num_heads"])
+    vision.out_hidden_size, vision.fullatt_block_indexes = hidden, [0]
+    config.tie_word_embeddings = text.tie_word_embeddings = True  # as the 3B selector: one 151k x width matrix
+    torch.manual_seed(int(recipe["seed"]))
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    if (source / "generation_config.json").is_file():  # the checkpoint's own decoding defaults, as users get them
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "kframes_tiny_recipe.json").write_text(json.dumps({**recipe, "processor": str(source)}, indent=2))
