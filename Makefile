@@ -136,6 +136,18 @@ bench-sampler: install ## any-k sampler latency per mode and k
 bench-sft: install ## SFT tokens/s and peak memory against plain TRL
 	$(PY) benchmarks/bench_sft.py
 
+.PHONY: gpu-wheels bench-full-size
+gpu-wheels: ## the wheels bench-full-size needs beside torch on a GPU machine without a package index (.whl/, < 64 MiB)
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --only-binary=:all: --no-deps --python-version 3.11 -d .whl "transformers==5.23.0" \
+		"accelerate==1.15.0" "tokenizers>=0.21" "safetensors" "huggingface_hub" "hf-xet" "pydantic>=2.7,<3" "pydantic-core" \
+		"annotated-types" "typing-inspection" "pyyaml" "regex" "hjson" "py-cpuinfo" "msgpack" "ninja" "einops"
+	$(PYTHON) -m pip wheel -q --no-deps -w .whl "deepspeed==0.19.8"
+	@du -sh .whl; echo "there: pip install --no-index --find-links .whl transformers accelerate deepspeed pydantic pyyaml; pip install --no-index --no-deps -e ."
+
+bench-full-size: install ## (GPU) full-size 3B SFT and GRPO steps with random weights: step time, tokens/s, memory, MFU
+	$(PY) benchmarks/gpu/bench_full_size.py
+
 lint: install ## ruff (when installed) or a byte-compile of every package
 	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check pipeline stages data_builder rewards tests benchmarks; \
 	else echo "ruff is not installed: byte-compiling only"; $(PY) -m compileall -q pipeline stages data_builder rewards tests benchmarks; fi
