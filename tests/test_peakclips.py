@@ -270,6 +270,15 @@ def test_synthetic_build_puts_p1_on_the_answer_scene(tmp_path):
     assert sft1_tasks == {"sft1.caption_to_scene", "sft1.scene_to_caption", "sft1.relevance"}
     grpo = read_jsonl_models(out / "tasks" / "grpo.train.jsonl", TrainingExample)
     assert all(ex.question and ex.options and ex.answer is not None for ex in grpo)
+    # every SFT2 target is what the one parser reads back, inside its video
+    from pipeline.core.prompt import parse_clips
+
+    for split in ("train", "val"):
+        for ex in read_jsonl_models(out / "tasks" / f"sft2.{split}.jsonl", TrainingExample):
+            parsed = parse_clips(ex.messages[-1].content, ex.duration_s, strict=True)
+            assert parsed.ok and not parsed.dropped, (ex.id, parsed.error)
+            assert parsed.clips == ex.target_clips
+            assert all(0 <= c.start_s < c.end_s <= ex.duration_s for c in parsed.clips)
 
 
 @pytest.fixture()
