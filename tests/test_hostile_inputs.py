@@ -5,6 +5,7 @@ the input (exit 2), or the right result; none loses data or returns a stale resu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import stat
@@ -276,3 +277,30 @@ def test_lock_file_names_its_holder(tmp_path: Path) -> None:
     with OutputLock(tmp_path):
         holder = json.loads((tmp_path / ".kframes.lock").read_text())
     assert holder["pid"] == os.getpid() and holder["host"] and time.strptime(holder["since"], "%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.mark.parametrize("status", [400, 500, 200])
+def test_a_vllm_server_echoing_the_api_key_never_gets_it_into_an_error(status: int, monkeypatch, caplog) -> None:
+    import httpx
+    from PIL import Image
+
+    from pipeline.core.errors import BackendError
+    from pipeline.core.logs import setup_logging
+    from rewards.backends import MCQRequest
+    from rewards.backends.vllm_backend import VLLMBackend
+
+    secret = "vllm-key-0123456789-do-not-log"
+    monkeypatch.setenv("KFRAMES_TEST_VLLM_KEY", secret)
+    backend = VLLMBackend("http://127.0.0.1:9/v1", "served", api_key_env="KFRAMES_TEST_VLLM_KEY", max_retries=1,
+                          backoff_s=0.0)
+
+    def echo(request: httpx.Request) -> httpx.Response:  # a gateway that quotes the request's headers back
+        body = f'{{"error": {{"message": "denied for {request.headers.get("authorization")}"}}}}'
+        return httpx.Response(status, text=body if status != 200 else f"<html>{request.headers.get('authorization')}")
+
+    backend._client = httpx.Client(transport=httpx.MockTransport(echo), headers=backend._client.headers)
+    setup_logging()
+    request = MCQRequest(images=[Image.new("RGB", (28, 28))], timestamps_s=[0.0], question="q?", options=["a", "b"])
+    with caplog.at_level(logging.WARNING), pytest.raises(BackendError) as err:
+        backend.option_logprobs([request])
+    assert secret not in str(err.value) and secret not in caplog.text

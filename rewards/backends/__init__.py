@@ -46,5 +46,6 @@ def make_backend(cfg: Any) -> DownstreamBackend:
             concurrency=cfg.concurrency,
             top_logprobs=cfg.top_logprobs,
             image_format=cfg.image_format,
+            api_key_env=cfg.api_key_env,
         )
     raise ConfigError(f"downstream.backend: unknown backend {cfg.backend!r}; expected transformers or vllm")

@@ -51,12 +51,14 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pipeline.core.errors import BackendError, ConfigError
 from pipeline.core.retry import RetryableError, with_retries
+from pipeline.core.secrets import redact, register_secret
 from rewards.backends.base import MAX_OPTIONS, MCQRequest, normalise_over_options, option_letters
 from rewards.backends.prompt import render_mcq_messages
 
@@ -163,6 +165,7 @@ class VLLMBackend:
         image_format: str = "png",
         backoff_s: float = 0.5,
         logprobs_api: LogprobsAPI = "auto",
+        api_key_env: str | None = None,
     ) -> None:
         import httpx
 
@@ -178,7 +181,13 @@ class VLLMBackend:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.logprobs_api: LogprobsAPI = logprobs_api
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), limits=httpx.Limits(max_connections=concurrency))
+        headers = {}
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if key:  # `vllm serve --api-key`: the key travels in a header and is masked in every message
+            register_secret(key)
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s), limits=httpx.Limits(max_connections=concurrency),
+                                    headers=headers)
         self._letter_ids: dict[str, int] | None = None
         self._setup_lock = threading.Lock()
 
@@ -207,15 +216,15 @@ class VLLMBackend:
         except httpx.TransportError as exc:
             raise RetryableError(f"connection failed ({exc})") from None
         if resp.status_code in RETRY_STATUS:
-            raise RetryableError(f"answered {resp.status_code}: {_error_message(resp.text)[:300]}")
+            raise RetryableError(redact(f"answered {resp.status_code}: {_error_message(resp.text)[:300]}"))
         if resp.status_code >= 400:
-            raise BackendError(
-                f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {_error_message(resp.text)}"
+            raise BackendError(redact(
+                f"vLLM server at {self.url} rejected {url} ({resp.status_code}): {_error_message(resp.text)}")
             )
         try:
             return resp.json()
         except ValueError:
-            raise BackendError(f"vLLM server at {self.url}: {url} did not return JSON: {resp.text[:200]!r}") from None
+            raise BackendError(redact(f"vLLM server at {self.url}: {url} did not return JSON: {resp.text[:200]!r}")) from None
 
     # ---- letters and the server's abilities (asked once) ---------------------------------------------------
 
@@ -254,7 +263,7 @@ class VLLMBackend:
                 return False
             raise
         except (KeyError, IndexError, TypeError):
-            raise BackendError(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}") from None
+            raise BackendError(redact(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}")) from None
         return len(token_logprobs(content, wanted)) == len(wanted)
 
     def resolved_logprobs_api(self) -> LogprobsAPI:
@@ -305,7 +314,7 @@ class VLLMBackend:
         try:
             content = out["choices"][0]["logprobs"]["content"][0]
         except (KeyError, IndexError, TypeError):
-            raise BackendError(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}") from None
+            raise BackendError(redact(f"vLLM server at {self.url}: no logprobs in the answer: {str(out)[:300]}")) from None
         letters = option_letters(len(request.options))
         ids = body["allowed_token_ids"]
         found = token_logprobs(content, ids)

@@ -51,6 +51,9 @@ class DownstreamSection(Section):
     backend: Literal["transformers", "vllm"] = "transformers"
     model: str = Field("tiny", description="hub id or folder ('tiny': the local tiny Qwen2.5-VL); vllm: served name")
     url: str | None = Field(None, description="vLLM OpenAI-compatible base URL, e.g. http://node:8000/v1")
+    api_key_env: str | None = Field(
+        None, description="vllm: environment variable holding the server's --api-key (sent as a header, never logged)"
+    )
     max_pixels: int = Field(256 * 28 * 28, gt=0)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
