@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.core.config.base import RecipeStage, SamplerMode, Section, Stage
+from pipeline.core.config.base import RecipeStage, Section, Stage
+from pipeline.core.config.common import SamplerSection
 
 
 class SamplesSection(Section):
@@ -22,6 +23,16 @@ class SamplesSection(Section):
     seed: int = 0
     min_scenes: int = Field(3, gt=1)
     max_scenes: int = Field(5, gt=1)
+    fps: float = Field(10.0, gt=0)
+    width: int = Field(160, ge=32)
+    height: int = Field(120, ge=32)
+    min_scene_s: float = Field(2.0, gt=0)
+    max_scene_s: float = Field(5.0, gt=0)
+    whole_seconds: bool = Field(False, description="scene durations in whole seconds (clip bounds on whole seconds)")
+    queries: Literal["pair", "per_scene"] = Field(
+        "pair", description="pair: a shape and a colour query per video; per_scene: a shape query about every scene"
+    )
+    barcode: bool = Field(True, description="the frame number as a barcode along the top (needs 96x48 pixels)")
 
 
 class PipelineStagesSection(Section):
@@ -34,16 +45,18 @@ class PipelineStagesSection(Section):
     eval: str | None = Field(None, description="eval recipe; None: the eval stage is left out")
 
 
-class PipelineSelectSection(Section):
-    """The select stage: the trained selector picks k frames for each held-out question (pipeline.inference.selector)."""
+class PipelineSelectSection(SamplerSection):
+    """The select stage: the trained selector picks k frames for each held-out question (pipeline.inference.selector).
+
+    The sampler fields (mode, priority_weights, background_share) not set here are the trained model's (its GRPO
+    reward's), and so is k when it is not set."""
 
     questions: str | None = Field(
         None,
         description="JSONL of held-out questions (video, question, options, answer); default: the sample videos' "
         "held-out queries, else the GRPO validation tasks",
     )
-    k: int = Field(8, gt=0)
-    mode: SamplerMode = "auto"
+    k: int | None = Field(None, gt=0, description="frames per question (default: the trained model's reward.k, else 8)")
     num_candidates: int | None = Field(None, gt=0, description="T (default: the GRPO recipe's frames.num_candidates)")
     max_pixels: int | None = Field(None, gt=0, description="default: the GRPO recipe's frames.max_pixels")
     max_new_tokens: int = Field(256, gt=0)
@@ -74,6 +87,18 @@ class PipelineConfig(Section):
     )
 
 
+class SlurmArraySection(Section):
+    """The data, select or eval stage as a Slurm job array: `tasks` shards (`--array=0-(tasks-1)%parallel`), each
+    with the stage's resources (one node each), then one merge job (`afterok` on the array) that writes the stage's
+    outputs as one process would have."""
+
+    tasks: int = Field(1, gt=0, description="N: array tasks; task i does every i-th share of the videos or questions")
+    parallel: int | None = Field(None, gt=0, description="M: tasks running at once (%M); None: as many as Slurm allows")
+    merge_cpus: int = Field(2, gt=0, description="CPUs of the merge job (it reads the shards' outputs; no GPU)")
+    merge_mem: str | None = Field("16G", description="--mem of the merge job")
+    merge_time: str = Field("02:00:00", description="wall time of the merge job")
+
+
 class SlurmStageSection(Section):
     """Per-stage changes to the profile's resources (unset fields keep the profile's value)."""
 
@@ -87,12 +112,17 @@ class SlurmStageSection(Section):
     python: str | None = Field(
         None, description="another environment for this stage, e.g. grpo with grpo.use_vllm: requirements/gpu-vllm.txt"
     )
+    array: SlurmArraySection | None = Field(
+        None, description="data, select, eval: run as a job array of shards plus a merge job (None: one job)"
+    )
 
 
 class SlurmVLLMSection(Section):
     """The vLLM server that answers the GRPO reward's downstream questions (reward.downstream.backend=vllm).
 
-    It runs in its own environment (requirements/vllm-server.txt, activated by `setup`)."""
+    It runs in its own environment (requirements/vllm-server.txt, activated by `setup`). An eval job array whose
+    recipe has `downstream.backend: vllm` gives each task its own server of `downstream.model` with these `gpus`,
+    `setup`, `extra_args`, `port` and `wait_timeout_s`, on its own node."""
 
     placement: Literal["node", "step"] = Field(
         "node", description="node: its own node(s) in the job; step: a job step on the first training node's GPUs"
@@ -128,6 +158,29 @@ class SlurmGenerationSection(Section):
     wait_timeout_s: int = Field(1800, gt=0, description="the trainer waits this long for the server to answer")
 
 
+class SlurmAnnotatorSection(Section):
+    """The data stage's annotating model as a vLLM server for its job array (`llm.backend: openai`).
+
+    `vllm serve <llm.model> --tensor-parallel-size <gpus>` runs as its own job, started before the array; each
+    array task waits until `GET /v1/models` answers and sends its requests there (`--set data:llm.base_url=...`).
+    A small job that depends on the whole array (`afterany`) stops it when the last task has ended.
+    """
+
+    serve: bool = Field(
+        True, description="false: no server job; the recipe's llm.base_url is used as is (a hosted API, your own server)"
+    )
+    model: str | None = Field(None, description="default: the data recipe's llm.model (also the served name)")
+    gpus: int = Field(8, ge=0, description="GPUs of the server and its tensor-parallel size; 0: a CPU server, no --gres")
+    partition: str | None = Field(None, description="default: the profile's partition (GPUs)")
+    time: str | None = Field(None, description="default: the data stage's time; it must outlast the whole array")
+    cpus: int | None = Field(None, gt=0, description="--cpus-per-task of the server job (default: the profile's)")
+    mem: str | None = Field(None, description="--mem of the server job (default: the profile's)")
+    port: int = Field(8000, gt=0, lt=65536)
+    setup: list[str] = Field(default_factory=list, description="shell lines before `vllm serve` (its own venv)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+    wait_timeout_s: int = Field(3600, gt=0, description="each task waits this long for the server to answer")
+
+
 class SlurmProfile(Section):
     """A Slurm cluster profile for `kframes submit` (configs/cluster/slurm.yaml)."""
 
@@ -157,3 +210,4 @@ class SlurmProfile(Section):
     )
     vllm: SlurmVLLMSection = Field(default_factory=SlurmVLLMSection)
     vllm_generation: SlurmGenerationSection = Field(default_factory=SlurmGenerationSection)
+    annotator: SlurmAnnotatorSection = Field(default_factory=SlurmAnnotatorSection)
