@@ -214,6 +214,7 @@ def test_stage_adapters_run_the_real_stage_code(tmp_path: Path, tiny_model_dir: 
         final = Path(cfg.output_dir) / "final"
         shutil.copytree(tiny_model_dir, final, dirs_exist_ok=True)
         config = cfg.model_dump(mode="json")
+        config["reward"].update(mode="hybrid", background_share=0.5)  # what the select stage must take over
         write_manifest(final, StageManifest(stage=stage, started_from="tiny", base_model="tiny", config=config,
                                             config_hash=config_hash(config), data_fingerprint="x", global_step=3,
                                             metrics={"train_loss": 1.5, "eval_runtime": 2.0}))
@@ -228,11 +229,19 @@ def test_stage_adapters_run_the_real_stage_code(tmp_path: Path, tiny_model_dir: 
     outputs, summary = orchestrate._run_select(plan, fresh=True)
     questions = [line for line in plan.questions_file.read_text().splitlines() if line.strip()]
     assert summary["questions"] == len(questions) > 0 and 0 <= summary["fallback_rate"] <= 1
+    # what the reward optimised is what is selected with: the trained model's k and sampler settings
+    assert summary["k"] == plan.configs["grpo"].reward.k and summary["sampler"]["mode"] == "hybrid"
+    import json
+
+    rec = json.loads(Path(outputs["selections"]).read_text().splitlines()[0])
+    assert rec["sampler"]["background_share"] == 0.5 and rec["sampler"]["source"]["mode"] == "trained model"
+    assert len(rec["indices"]) == plan.configs["grpo"].reward.k
     assert Path(outputs["selections"]).is_file()
 
     outputs, summary = orchestrate._run_eval(plan, fresh=True)
     assert Path(outputs["summary"]).is_file() and Path(outputs["report"]).is_file()
-    assert set(summary) == {f"accuracy/{s}/k{k}" for s in ("uniform", "kframes-auto") for k in (2, 4)}
+    # the eval stage also took the trained model's mode (hybrid), so its row is named after it
+    assert set(summary) == {f"accuracy/{s}/k{k}" for s in ("uniform", "kframes-hybrid") for k in (2, 4)}
 
 
 def test_a_recipe_in_another_stages_slot_is_refused(tmp_path: Path) -> None:

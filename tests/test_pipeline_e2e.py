@@ -93,7 +93,7 @@ def test_tiny_pipeline_killed_and_rerun_finishes_with_every_manifest(tmp_path: P
     questions = (run / "samples/heldout.jsonl").read_text().splitlines()
     assert len(sel) == len(questions) == 2
     for r in sel:
-        assert r["indices"] == sorted(set(r["indices"])) and len(r["indices"]) == plan.pipe.select.k
+        assert r["indices"] == sorted(set(r["indices"])) and len(r["indices"]) == plan.configs["grpo"].reward.k  # the trained model's k
         assert all(0 <= i < r["num_frames"] for i in r["indices"])
         assert len(r["timestamps_s"]) == len(r["indices"])
 

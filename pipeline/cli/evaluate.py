@@ -65,9 +65,9 @@ def build_config(args: argparse.Namespace) -> Any:
                 raise ConfigError(f"--selector {name!r}: expected one of {', '.join(SELECTOR_NAMES)}")
             spec: dict[str, Any] = {"name": name, "device": args.device}
             if name == "kframes":
-                spec.update(model=args.selector_model, mode=args.mode)
-                if args.mode != "auto":
-                    spec["label"] = f"kframes-{args.mode}"
+                spec["model"] = args.selector_model
+                if args.mode is not None:  # else the trained model's own mode (its stage.json)
+                    spec.update(mode=args.mode, label=f"kframes-{args.mode}")
             elif name in ("similarity", "bolt"):
                 spec["model"] = args.clip_model
             if args.num_candidates is not None:
@@ -118,7 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video-root", help="folder of the videos (default: the benchmark's download layout)")
     p.add_argument("--selector", help="comma-separated: uniform, similarity, bolt, kframes")
     p.add_argument("--selector-model", help="kframes: trained selector folder (or 'tiny')")
-    p.add_argument("--mode", default="auto", choices=SAMPLER_MODES, help="kframes any-k mode")
+    p.add_argument("--mode", default=None, choices=SAMPLER_MODES,
+                   help="kframes any-k mode (default: the trained model's, from its stage.json; else auto)")
     p.add_argument("--clip-model", help="similarity/bolt: CLIP or SigLIP id or folder (or 'tiny-clip')")
     p.add_argument("--num-candidates", type=int, help="T candidate frames for kframes/similarity/bolt (default 256)")
     p.add_argument("--k", help="frame budgets, e.g. 8,32,64")

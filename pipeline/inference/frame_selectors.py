@@ -29,7 +29,7 @@ from data_builder.video import VideoTimeline, uniform_indices
 from pipeline.core.contracts import KeyClip
 from pipeline.core.errors import ConfigError
 from pipeline.core.models import model_fingerprint, resolve_model
-from pipeline.inference.selector import NEUTRAL_GENERATION
+from pipeline.inference.selector import NEUTRAL_GENERATION, effective_sampler
 from pipeline.core.sampler import sample_frames
 
 if TYPE_CHECKING:
@@ -330,14 +330,16 @@ def make_selector(spec: SelectorSection) -> FrameSelector:
     if spec.name == "kframes":
         if not spec.model:
             raise ConfigError("selector 'kframes' needs model: the trained selector's folder, or 'tiny'")
+        sampler, _ = effective_sampler(spec, spec.model)  # the trained model's settings, unless the recipe sets them
         return KFramesSelector(
             spec.model,
-            mode=spec.mode,
+            mode=sampler.mode,
             num_candidates=spec.num_candidates,
             max_pixels=spec.max_pixels,
             max_new_tokens=spec.max_new_tokens,
             device=spec.device,
             label=spec.label,
+            **sampler.sampler_kwargs(),
         )
     raise ConfigError(f"unknown selector {spec.name!r}; expected uniform, similarity, bolt or kframes")
 

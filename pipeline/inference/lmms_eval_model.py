@@ -39,8 +39,10 @@ from typing import Any
 import numpy as np
 
 from data_builder.video import VIDEO_EXTENSIONS
+from pipeline.core.config import SamplerSection
 from pipeline.core.models import resolve_model
 from pipeline.core.prompt import format_timestamp
+from pipeline.inference.selector import effective_sampler
 from pipeline.inference.frame_selectors import (
     FrameSelector,
     KFramesSelector,
@@ -125,7 +127,7 @@ class KFramesQwen2_5_VL(_LmmsBase):
         pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct",
         selector: str = "lmms_uniform",
         k: int = 32,
-        mode: str = "auto",
+        mode: str | None = None,
         num_candidates: int = 256,
         selector_max_pixels: int | None = None,
         max_pixels: int = 256 * 28 * 28,
@@ -162,11 +164,14 @@ class KFramesQwen2_5_VL(_LmmsBase):
             self.selector = UniformSelector()
             self.sampling = SAMPLINGS["uniform"]
         else:
+            # the trained model's sampler settings (its stage.json), unless mode= is given
+            sampler, _ = effective_sampler(SamplerSection(mode=mode) if mode else None, selector)
             self.selector = KFramesSelector(
-                selector, mode=mode, num_candidates=int(num_candidates),
+                selector, mode=sampler.mode, num_candidates=int(num_candidates),
                 max_pixels=int(selector_max_pixels) if selector_max_pixels else None, device=device,
+                **sampler.sampler_kwargs(),
             )
-            self.sampling = f"K-frames selector {selector} (mode={mode}, {num_candidates} candidate frames)"
+            self.sampling = f"K-frames selector {selector} (mode={sampler.mode}, {num_candidates} candidate frames)"
         self._frames: Any = None
         _announce(f"{MODEL_ID}: k={self.k} frames per video by {self.sampling}")
 

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from data_builder.video import FrameCache, VideoTimeline, candidate_frames
+from pipeline.core.config import SamplerSection
 from pipeline.core.contracts import KeyClip, VideoInfo
 from pipeline.core.models import resolve_model
 from pipeline.core.prompt import ParsedClips, parse_clips, render_selector_messages
 from pipeline.core.sampler import SampleResult, sample_frames
+from stages.manifest import read_manifest
 from stages.modeling import load_pretrained, load_processor
 
 
@@ -69,6 +71,33 @@ class SelectionResult:
         d = {k: v for k, v in self.__dict__.items()}
         d["clips"] = [c.model_dump(mode="json") for c in self.clips]
         return d
+
+
+def trained_sampler(model: str | Path) -> dict[str, Any]:
+    """The sampler settings and k a selector was trained with (its GRPO reward's, from `final/stage.json`), or {}."""
+    path = Path(resolve_model(str(model)))
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest is None or manifest.stage != "grpo":
+        return {}
+    reward = manifest.config.get("reward") or {}
+    return {key: reward[key] for key in (*SamplerSection.model_fields, "k") if key in reward}
+
+
+def effective_sampler(section: SamplerSection | None, model: str | Path) -> tuple[SamplerSection, dict[str, str]]:
+    """The sampler settings to select with: each field the recipe set itself, else the trained model's, else the
+    default; and where each came from (`recipe`, `trained model`, `default`), for the record."""
+    trained = trained_sampler(model)
+    given = section.model_fields_set if section is not None else set()
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for name in SamplerSection.model_fields:
+        if section is not None and name in given:
+            values[name], source[name] = getattr(section, name), "recipe"
+        elif name in trained:
+            values[name], source[name] = trained[name], "trained model"
+        else:
+            source[name] = "default"
+    return SamplerSection.model_validate(values), source
 
 
 def _device_and_dtype(device: str) -> tuple[str, str]:

@@ -19,7 +19,14 @@ from pipeline.core.config.base import (
     finite_float,
     positive_int,
 )
-from pipeline.core.config.common import DownstreamSection, FramesSection, LoraSection, ModelSection, TaskFilesSection
+from pipeline.core.config.common import (
+    DownstreamSection,
+    FramesSection,
+    LoraSection,
+    ModelSection,
+    SamplerSection,
+    TaskFilesSection,
+)
 from pipeline.core.config.data import (
     CaptionsSection,
     ClipsSection,
@@ -57,7 +64,7 @@ from pipeline.core.config.train import GRPOConfig, GRPOSection, RewardSection, S
 
 __all__ = [
     "RECIPE_STAGES", "SAMPLER_MODES", "STAGES", "TRAIN_STAGES", "Dtype", "RecipeStage", "SamplerMode", "Section",
-    "Stage", "TrainStage", "finite_float", "positive_int", "DownstreamSection", "FramesSection", "LoraSection", "ModelSection", "TaskFilesSection",
+    "Stage", "TrainStage", "finite_float", "positive_int", "DownstreamSection", "SamplerSection", "FramesSection", "LoraSection", "ModelSection", "TaskFilesSection",
     "CaptionsSection", "ClipsSection", "DataConfig", "LLMSection", "QueriesSection", "RelevanceSection",
     "ScenesSection", "TasksSection", "EvalConfig", "SelectorSection", "STAGE_CONFIGS", "add_config_args",
     "apply_overrides", "dump_config", "load_config", "load_recipe", "load_stage_config", "load_yaml",

@@ -3,11 +3,11 @@ downstream model (the GRPO reward and evaluation)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.core.config.base import Dtype, Section
+from pipeline.core.config.base import Dtype, SamplerMode, Section
 
 
 class ModelSection(Section):
@@ -38,6 +38,11 @@ class FramesSection(Section):
     max_pixels: int = Field(128 * 28 * 28, gt=0, description="pixels per frame after resizing")
     min_pixels: int = Field(4 * 28 * 28, gt=0)
     cache_size: int = Field(8, ge=0, description="decoded videos kept in memory by the batch builder")
+    store: bool = Field(
+        True,
+        description="data: write each video's T candidates at max_pixels to <out>/frames (raw uint8, T*H*W*3 bytes "
+        "per video); training: read them from there instead of decoding at batch time (data_builder.frame_store)",
+    )
 
 
 class TaskFilesSection(Section):
@@ -65,3 +70,24 @@ class DownstreamSection(Section):
     image_format: Literal["png", "jpeg"] = Field(
         "png", description="vllm: data-URL encoding; png is lossless (same pixels as in-process), jpeg is smaller"
     )
+
+
+class SamplerSection(Section):
+    """How the any-k sampler turns the selector's clips into k frames (pipeline.core.sampler).
+
+    One definition for everything that samples: the GRPO reward (`reward:`), the select stage (`select:`), each
+    kframes selector of an eval recipe and the lmms-eval plugin. What the reward optimised is what is evaluated:
+    select and eval take the trained model's own settings (from its `final/stage.json`) for every field a recipe does
+    not set itself (`trained_sampler`).
+    """
+
+    mode: SamplerMode = "auto"
+    priority_weights: dict[str, float] | None = Field(None, description="P1/P2 weights of the allocation (None: P1=2, P2=1)")
+    background_share: float = Field(0.25, ge=0, lt=1, description="hybrid and soft: share of k spent outside the clips")
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `sample_frames` besides the clips, the video, k and the mode."""
+        return {"weights": self.priority_weights, "background_share": self.background_share}
+
+    def sampler_settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, "priority_weights": self.priority_weights, "background_share": self.background_share}

@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.core.config.base import SamplerMode, Section
-from pipeline.core.config.common import DownstreamSection
+from pipeline.core.config.base import Section
+from pipeline.core.config.common import DownstreamSection, SamplerSection
 
 
-class SelectorSection(Section):
+class SelectorSection(SamplerSection):
     """One frame selector to evaluate (pipeline.inference.frame_selectors)."""
 
     name: Literal["uniform", "similarity", "bolt", "kframes"] = "uniform"
@@ -20,7 +20,6 @@ class SelectorSection(Section):
         description="kframes: trained selector folder (a stage's output or its final/) or 'tiny'; "
         "similarity/bolt: a CLIP/SigLIP hub id or folder, or 'tiny-clip'",
     )
-    mode: SamplerMode = Field("auto", description="kframes: any-k mode")
     num_candidates: int = Field(256, gt=0, description="T: candidate frames the selector scores or sees")
     max_pixels: int | None = Field(None, gt=0, description="pixels per candidate frame (None: the model's default)")
     batch_size: int = Field(32, gt=0, description="similarity/bolt: frames per encoder batch")

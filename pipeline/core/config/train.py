@@ -6,8 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.core.config.base import SamplerMode, Section
-from pipeline.core.config.common import DownstreamSection, FramesSection, LoraSection, ModelSection, TaskFilesSection
+from pipeline.core.config.base import Section
+from pipeline.core.config.common import (
+    DownstreamSection,
+    FramesSection,
+    LoraSection,
+    ModelSection,
+    SamplerSection,
+    TaskFilesSection,
+)
 
 
 class TrainSection(Section):
@@ -48,20 +55,17 @@ class SFTConfig(TrainConfig):
     stage: Literal["sft1", "sft2"]
 
 
-class RewardSection(Section):
+class RewardSection(SamplerSection):
     weights: dict[str, float] = Field(
         default_factory=lambda: {"downstream_logprob": 1.0, "format": 0.5},
         description="reward name -> weight (rewards.registry)",
     )
     tau: float = Field(1.0, gt=0)
     k: int = Field(8, gt=0)
-    mode: SamplerMode = "auto"
     unparseable: Literal["uniform", "floor"] = Field(
         "uniform", description="task reward of an unparseable completion: from uniform frames, or `floor`"
     )
     floor: float = Field(-1.0, ge=-1, le=1)
-    priority_weights: dict[str, float] | None = Field(None, description="any-k sampler weights (None: P1=2, P2=1)")
-    background_share: float = Field(0.25, ge=0, lt=1, description="hybrid mode: share of k spent outside the clips")
     downstream: DownstreamSection = Field(default_factory=DownstreamSection)
 
 
