@@ -366,16 +366,10 @@ def model_fingerprint(path: str | os.PathLike[str]) -> str:
 # template's rendering, TRL's template swap, real token counts, the checkpoint's own decoding defaults.
 TINY_REAL_RECIPE: dict[str, Any] = {
     "version": 1,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vision_depth": 1,
-    "vision_hidden_size": 32,
-    "vision_intermediate_size": 64,
-    "vision_num_heads": 2,
-    "seed": 0,
+    **{key: TINY_RECIPE[key] for key in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "vision_depth", "vision_hidden_size", "vision_intermediate_size", "vision_num_heads", "seed",
+    )},
 }
 PROCESSOR_FILES = ("chat_template.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.json",
                    "preprocessor_config.json", "config.json", "generation_config.json")
