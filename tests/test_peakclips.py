@@ -205,7 +205,10 @@ def _data_cfg(tmp_path: Path, **sections) -> DataConfig:
 
 
 def _assert_valid_files(out: Path) -> None:
-    for path in [out / "peakclips.jsonl", *sorted((out / "tasks").glob("*.jsonl"))]:
+    # a stage may have no example of a split (the tiny model writes no usable SFT1 captions): an empty task file is
+    # the build's honest output, which `kframes validate` reports as such; every record written must validate
+    tasks = [p for p in sorted((out / "tasks").glob("*.jsonl")) if p.read_text().strip()]
+    for path in [out / "peakclips.jsonl", *tasks]:
         assert validate_file(str(path)) == [], path
 
 
