@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.orchestration.slurm import render_script, stage_resources, submit, wait_http
+from pipeline.orchestration.slurm import render_script, stage_resources, wait_http
+from pipeline.orchestration.submission import submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def _profile(tmp_path: Path, **changes) -> Path:
 
 def _scripts(tmp_path: Path, target: str = "all", **changes) -> dict[str, str]:
     subs = submit(target, str(_profile(tmp_path, **changes)), dry_run=True)
-    return {s.stage: s.script.read_text() for s in subs if not s.skipped}
+    return {s.name: s.script.read_text() for s in subs if not s.skipped}
 
 
 def test_training_script_has_resources_launch_requeue_and_signal(tmp_path: Path) -> None:
@@ -65,8 +66,20 @@ def test_training_script_has_resources_launch_requeue_and_signal(tmp_path: Path)
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
+def _profile_stages(**changes: dict) -> dict:
+    """The shipped profile's `stages:` with some stages' sections replaced."""
+    stages = yaml.safe_load((ROOT / "configs/cluster/slurm.yaml").read_text())["stages"]
+    return {**stages, **changes}
+
+
 def test_per_stage_resources_and_cpu_stages(tmp_path: Path) -> None:
-    scripts = _scripts(tmp_path, "all")
+    """Without `array` sections, data, select and eval are one job each, as before."""
+    stages = _profile_stages(
+        data={"nodes": 1, "gpus_per_node": 0, "cpus_per_node": 32, "time": "48:00:00"},
+        select={"nodes": 1, "gpus_per_node": 1, "time": "04:00:00"},
+        eval={"nodes": 1, "gpus_per_node": 1, "time": "12:00:00"},
+    )
+    scripts = _scripts(tmp_path, "all", stages=stages)
     assert list(scripts) == ["data", "sft1", "sft2", "grpo", "select", "eval"]
     data = scripts["data"]
     assert "#SBATCH --nodes=1" in data and "--gres" not in data and "accelerate" not in data
@@ -217,22 +230,60 @@ def test_the_readme_serve_lines_are_what_submit_runs(tmp_path: Path) -> None:
     assert _flags(readme) == _flags(job[job.index("serve"):])
 
 
-def test_all_chains_jobs_with_afterok(tmp_path: Path) -> None:
-    """`submit all` against a stand-in sbatch that records its arguments and answers job ids."""
+def _fake_sbatch(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in sbatch that records its arguments and answers job ids 101, 102, ..."""
     log = tmp_path / "sbatch.log"
     fake = tmp_path / "sbatch"
     fake.write_text(f'#!/bin/bash\necho "$@" >> {log}\necho $(( 100 + $(wc -l < {log}) ))\n')
     fake.chmod(0o755)
+    return fake, log
+
+
+def test_all_chains_jobs_with_afterok(tmp_path: Path) -> None:
+    """`submit all` chains data (annotator, array, its stop job, merge) -> sft1 -> sft2 -> grpo -> select (array,
+    merge) -> eval (array, merge): each stage's first jobs wait for the previous stage's last job."""
+    fake, log = _fake_sbatch(tmp_path)
     subs = submit("all", str(_profile(tmp_path)), sbatch=str(fake))
-    assert [s.job_id for s in subs] == ["101", "102", "103", "104", "105", "106"]
-    calls = log.read_text().splitlines()
-    assert "--dependency" not in calls[0]
-    for i, call in enumerate(calls[1:], start=1):
-        assert f"--dependency=afterok:{100 + i}" in call and "--kill-on-invalid-dep=yes" in call
+    names = ["data-annotator", "data-array", "data-annotator-stop", "data-merge", "sft1", "sft2", "grpo",
+             "select-array", "select-merge", "eval-array", "eval-merge"]
+    assert [s.name for s in subs] == names
+    ids = {s.name: s.job_id for s in subs}
+    assert list(ids.values()) == [str(101 + i) for i in range(len(names))]
+    calls = dict(zip(names, log.read_text().splitlines(), strict=True))
+    want = {
+        "data-annotator": None,
+        "data-array": f"after:{ids['data-annotator']}",  # starts once the server job has started
+        "data-annotator-stop": f"afterany:{ids['data-array']}",  # whatever became of the tasks
+        "data-merge": f"afterok:{ids['data-array']}",
+        "sft1": f"afterok:{ids['data-merge']}",
+        "sft2": f"afterok:{ids['sft1']}",
+        "grpo": f"afterok:{ids['sft2']}",
+        "select-array": f"afterok:{ids['grpo']}",
+        "select-merge": f"afterok:{ids['select-array']}",
+        "eval-array": f"afterok:{ids['select-merge']}",
+        "eval-merge": f"afterok:{ids['eval-array']}",
+    }
+    for name, dep in want.items():
+        words = calls[name].split()
+        if dep is None:
+            assert not any(w.startswith("--dependency") for w in words), name
+        else:
+            assert f"--dependency={dep}" in words and "--kill-on-invalid-dep=yes" in words, (name, words)
+    # the array and the stop job are told which job is the annotating server
+    for name in ("data-array", "data-annotator-stop"):
+        assert f"--export=ALL,KFRAMES_SERVER_JOB={ids['data-annotator']}" in calls[name].split(), name
+    assert calls["data-array"].split()[-1].endswith("scripts/data-array.sbatch")
+    # --after: the first jobs of the first stage wait for it
+    (tmp_path / "again").mkdir()
+    fake2, log2 = _fake_sbatch(tmp_path / "again")
+    submit("data", str(_profile(tmp_path)), sbatch=str(fake2), after="77")
+    first = log2.read_text().splitlines()
+    assert "--dependency=afterok:77" in first[0].split()
+    assert "--dependency=afterok:77,after:101" in first[1].split()
 
 
 def test_sbatch_refusal_is_one_clear_error(tmp_path: Path) -> None:
-    from pipeline.orchestration.slurm import SubmitError
+    from pipeline.orchestration.submission import SubmitError
 
     fake = tmp_path / "sbatch"
     fake.write_text('#!/bin/bash\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
@@ -358,7 +409,9 @@ def test_dry_run_cli_prints_scripts(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main(["submit", "all", "--profile", str(_profile(tmp_path)), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("#!/bin/bash") == 6 and "(dependency: afterok:<sft1>)" in out
+    assert out.count("#!/bin/bash") == 11 and "(dependency: afterok:<sft1>)" in out
+    assert "data-merge.sbatch (dependency: afterok:<data-array>)" in out
+    assert "sft1.sbatch (dependency: afterok:<data-merge>)" in out
     assert main(["submit", "sft1", "--profile", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
@@ -373,3 +426,178 @@ def test_render_is_deterministic_apart_from_the_date(tmp_path: Path) -> None:
     b = render_script(plan, profile, "sft2", pipeline_path=profile.pipeline, run_dir=tmp_path)
     strip = lambda s: [line for line in s.splitlines() if "written by" not in line]
     assert strip(a) == strip(b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Job arrays: data (with its annotating server), select and eval
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pipeline_with(tmp_path: Path, **overrides: list[str]) -> str:
+    """The GPU pipeline with `--set`-style changes to some stages' recipes."""
+    raw = yaml.safe_load((ROOT / "configs/pipeline/qwen2_5_vl_3b.yaml").read_text())
+    raw["stages"] = {k: str(ROOT / v) for k, v in raw["stages"].items()}
+    raw["output_dir"] = str(tmp_path / "run")
+    raw["overrides"] = overrides
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_the_data_array_its_annotating_server_its_stop_job_and_its_merge(tmp_path: Path) -> None:
+    scripts = _scripts(tmp_path, "data")
+    assert list(scripts) == ["data-annotator", "data-array", "data-annotator-stop", "data-merge"]
+    for text in scripts.values():
+        subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+    array = scripts["data-array"]
+    for line in ("#SBATCH --array=0-31%16", "#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=32G", "#SBATCH --time=24:00:00", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
+                 f"#SBATCH --output={tmp_path}/slurm/logs/data-%A_%a.out", 'export SHARD="$SLURM_ARRAY_TASK_ID/32"'):
+        assert line in array, line
+    assert "--gres" not in array and "--exclusive" not in array  # CPU tasks, packed onto the partition's nodes
+    task = _serve_command(array, "--shard")
+    assert task[:8] == [".venv/bin/python", "-m", "pipeline.cli.main", "run", "--config",
+                        str(ROOT / "configs/pipeline/qwen2_5_vl_3b.yaml"), "--only", "data"]
+    assert task[8:] == ["--shard", "$SHARD", "--set", "data:llm.base_url=$ANNOTATOR_URL"]
+    # every task waits until the annotating server's job has written its address and it answers
+    wait = array.index("-m pipeline.orchestration.slurm wait-server")
+    assert wait < array.index("srun --nodes=1 --ntasks=1 bash -c")
+    assert f'wait-server {tmp_path}/slurm/state/data-annotator-"$KFRAMES_SERVER_JOB.url" --job "$KFRAMES_SERVER_JOB"' \
+        in array and "--timeout 3600" in array
+    assert "trap 'on_signal USR1' USR1" in array and 'scontrol requeue "$SLURM_JOB_ID"' in array
+
+    server = scripts["data-annotator"]
+    for line in ("#SBATCH --gres=gpu:8", "#SBATCH --partition=gpu", "#SBATCH --time=48:00:00",
+                 "#SBATCH --job-name=kframes-data-annotator", "#SBATCH --exclusive"):
+        assert line in server, line
+    serve = _serve_command(server, "vllm serve")
+    assert serve[:3] == ["source", "$HOME/venvs/vllm/bin/activate;", "exec"]
+    words = serve[serve.index("serve"):]
+    assert words[1] == "Qwen/Qwen2.5-VL-72B-Instruct"  # the data recipe's llm.model, also the served name
+    for flag, value in (("--port", "8000"), ("--tensor-parallel-size", "8"), ("--host", "0.0.0.0")):
+        assert words[words.index(flag) + 1] == value, flag
+    probe = server.index('wait-http "$URL/models" --timeout 3600 --pid "$SERVER_PID"')
+    assert probe < server.index('mv "$URL_FILE.tmp" "$URL_FILE"')  # the address is published once it answers
+    assert 'URL_FILE=' + f"{tmp_path}/slurm/state/data-annotator-$SLURM_JOB_ID.url" in server
+    assert "trap 'on_stop USR2' USR2" in server
+
+    stop = scripts["data-annotator-stop"]
+    assert 'scancel --batch --signal=USR2 "$SERVER"' in stop and "#SBATCH --time=00:10:00" in stop
+    assert "--gres" not in stop and "--requeue" not in stop
+
+    merge = scripts["data-merge"]
+    assert "--only data --merge-shards 32" in merge
+    for line in ("#SBATCH --cpus-per-task=4", "#SBATCH --mem=32G", "#SBATCH --time=02:00:00",
+                 "#SBATCH --partition=cpu", "#SBATCH --requeue"):
+        assert line in merge, line
+    assert "--gres" not in merge and "--signal" not in merge
+
+
+def test_select_and_eval_arrays_run_on_gpus(tmp_path: Path) -> None:
+    scripts = _scripts(tmp_path, "all")
+    for stage, tasks in (("select", 4), ("eval", 8)):
+        array = scripts[f"{stage}-array"]
+        assert f"#SBATCH --array=0-{tasks - 1}" in array and "#SBATCH --gres=gpu:1" in array
+        assert "--exclusive" not in array  # one GPU per task: tasks share nodes
+        assert _serve_command(array, "--shard")[-2:] == ["--shard", "$SHARD"]
+        assert f"--only {stage} --merge-shards {tasks}" in scripts[f"{stage}-merge"]
+        assert "--gres" not in scripts[f"{stage}-merge"]
+
+
+def test_an_eval_task_serves_its_own_downstream_model(tmp_path: Path) -> None:
+    pipeline = _pipeline_with(tmp_path, eval=["downstream.backend=vllm"])
+    stages = _profile_stages(eval={"gpus_per_node": 2, "time": "12:00:00", "array": {"tasks": 4}})
+    text = _scripts(tmp_path, "eval", pipeline=pipeline, stages=stages, vllm={"gpus": 1, "port": 8100})["eval-array"]
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    assert "export DOWNSTREAM_PORT=$(( 8100 + SLURM_ARRAY_TASK_ID % 1000 ))" in text
+    serve = next(line for line in text.splitlines() if "vllm serve" in line)
+    assert serve.startswith("srun --nodes=1 --ntasks=1 --gres=gpu:1 --exact")
+    words = _serve_command(text, "vllm serve")
+    assert "Qwen/Qwen2.5-VL-7B-Instruct" in words and "127.0.0.1" in words and '"$DOWNSTREAM_PORT"' not in words
+    launch = next(line for line in text.splitlines() if "--shard" in line)
+    assert launch.startswith("srun --nodes=1 --ntasks=1 --gres=gpu:1 --exact")  # the selectors' GPU
+    assert text.index('wait-http "$DOWNSTREAM_URL/models"') < text.index(launch)
+    assert _serve_command(text, "--shard")[-2:] == ["--set", "eval:downstream.url=$DOWNSTREAM_URL"]
+    assert 'kill "$VLLM_PID" 2>/dev/null; wait "$VLLM_PID"' in text
+    from pipeline.core.errors import ConfigError
+
+    stages["eval"]["gpus_per_node"] = 1
+    with pytest.raises(ConfigError, match="needs at least one more for the selectors"):
+        _scripts(tmp_path, "eval", pipeline=pipeline, stages=stages, vllm={"gpus": 1})
+
+
+def test_force_starts_each_array_over_once_per_submission(tmp_path: Path) -> None:
+    import re
+
+    subs = submit("all", str(_profile(tmp_path)), dry_run=True, force=True)
+    scripts = {s.name: s.script.read_text() for s in subs}
+    tokens = {name: re.findall(r"--force-token ([0-9a-f]{12})", text) for name, text in scripts.items()}
+    arrays = [n for n in scripts if n.endswith("-array")]
+    assert all(len(tokens[n]) == 1 for n in arrays) and len({tokens[n][0] for n in arrays}) == 1
+    assert "FORCE_FLAG=--force" in scripts["sft1"] and not tokens["data-merge"]
+    again = submit("data", str(_profile(tmp_path)), dry_run=True, force=True)
+    assert re.findall(r"--force-token ([0-9a-f]{12})", again[1].script.read_text()) != tokens["data-array"]
+
+
+def test_array_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    from pipeline.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.sft1.array: only data, select, eval run as job arrays"):
+        _scripts(tmp_path, "sft1", stages=_profile_stages(sft1={"array": {"tasks": 2}}))
+    with pytest.raises(ConfigError, match="greater than 0"):
+        _scripts(tmp_path, "data", stages=_profile_stages(data={"array": {"tasks": 0}}))
+
+
+def test_annotator_on_cpu_or_not_served(tmp_path: Path) -> None:
+    scripts = _scripts(tmp_path, "data", annotator={"gpus": 0, "partition": "cpu"})
+    server = scripts["data-annotator"]
+    assert "--gres" not in server and "--tensor-parallel-size" not in server and "#SBATCH --partition=cpu" in server
+    scripts = _scripts(tmp_path, "data", annotator={"serve": False})
+    assert list(scripts) == ["data-array", "data-merge"]
+    assert "wait-server" not in scripts["data-array"] and "base_url" not in scripts["data-array"]
+    # a local model annotates in each task: no server either
+    pipeline = _pipeline_with(tmp_path, data=["llm.backend=transformers", "llm.model=tiny"])
+    assert list(_scripts(tmp_path, "data", pipeline=pipeline)) == ["data-array", "data-merge"]
+
+
+def test_wait_server_waits_for_the_address_then_for_an_answer(tmp_path: Path) -> None:
+    from pipeline.orchestration.slurm import wait_server
+
+    squeue = tmp_path / "squeue"
+    squeue.write_text("#!/bin/bash\necho RUNNING\n")
+    squeue.chmod(0o755)
+    _Ready.hits = 0
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url_file = tmp_path / "annotator-7.url"
+    writer = threading.Timer(0.3, lambda: url_file.write_text(f"http://127.0.0.1:{server.server_port}/v1\n"))
+    writer.start()
+    try:
+        url = wait_server(url_file, job="7", timeout_s=30, interval_s=0.05, squeue=str(squeue))
+        assert url == f"http://127.0.0.1:{server.server_port}/v1" and _Ready.hits == 3
+    finally:
+        writer.cancel()
+        server.shutdown()
+    squeue.write_text("#!/bin/bash\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    url_file.unlink()
+    assert wait_server(url_file, job="7", timeout_s=30, interval_s=0.05, squeue=str(squeue)) is None  # it ended
+    squeue.write_text("#!/bin/bash\necho COMPLETED\n")
+    assert wait_server(url_file, job="7", timeout_s=30, interval_s=0.05, squeue=str(squeue)) is None
+
+
+def test_a_done_stage_is_not_submitted_again_unless_forced(tmp_path: Path) -> None:
+    from pipeline.orchestration.orchestrate import StageRecord, load_pipeline
+
+    pipeline = _pipeline_with(tmp_path)
+    plan = load_pipeline(pipeline)
+    out = plan.stage_dir("data")
+    (out / "tasks").mkdir(parents=True)
+    (out / "peakclips.jsonl").write_text("{}\n")
+    plan.tasks_file("sft1", "train").write_text("{}\n")
+    plan.write_record(StageRecord(stage="data", key=plan.keys["data"], status="done", finished_at="yesterday"))
+    fake, log = _fake_sbatch(tmp_path)
+    subs = submit("data", str(_profile(tmp_path, pipeline=pipeline)), sbatch=str(fake))
+    assert [s.skipped for s in subs] == ["done yesterday"] and not log.exists()  # no 8-GPU server for nothing
+    subs = submit("data", str(_profile(tmp_path, pipeline=pipeline)), sbatch=str(fake), force=True)
+    assert [s.name for s in subs] == ["data-annotator", "data-array", "data-annotator-stop", "data-merge"]

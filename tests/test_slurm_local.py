@@ -73,7 +73,8 @@ def _wait(job_id: str, env: dict[str, str], *, until: set[str], timeout_s: float
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env,
                            capture_output=True, check=False)
         time.sleep(1)
-    raise AssertionError(f"job {job_id} did not reach {until} in {timeout_s}s: {info.get('JobState')}")
+    raise AssertionError(f"job {job_id} did not reach {until} in {timeout_s}s: {info.get('JobState')} "
+                         f"(reason {info.get('Reason')}, dependency {info.get('Dependency')})")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory, slurm: dict[str, str]) -> di
     # checkpoint is the one the signal asks for
     pipe["overrides"]["sft1"] = [f"train.max_steps={SFT1_STEPS}", "train.save_steps=1000", "train.logging_steps=1"]
     (tmp / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
+    (tmp / "profile.yaml").write_text(yaml.safe_dump(_cpu_profile(tmp / "pipeline.yaml")))
+    return {"tmp": tmp, "profile": tmp / "profile.yaml", "run": tmp / "run"}
+
+
+def _cpu_profile(pipeline: Path, **changes) -> dict:
+    """A profile for the local cluster: CPU jobs in its `debug` partition, this interpreter, the tiny-model cache."""
     cache = os.environ.get("KFRAMES_CACHE") or str(ROOT / ".cache" / "kframes")
     profile = {
-        "pipeline": str(tmp / "pipeline.yaml"),
+        "pipeline": str(pipeline),
         "partition": "debug",
         "time": "00:30:00",
         "nodes": 1,
@@ -99,8 +106,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, slurm: dict[str, str]) -> di
         "python": sys.executable,
         "env": {"KFRAMES_CACHE": cache, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     }
-    (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
-    return {"tmp": tmp, "profile": tmp / "profile.yaml", "run": tmp / "run"}
+    return {**profile, **changes}
 
 
 def _submit(stage: str, setup: dict[str, Path], env: dict[str, str]) -> str:
@@ -158,3 +164,141 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(setup: dict[str, Pa
     assert manifest.resumed_from is not None and "checkpoint-" in manifest.resumed_from
     rec = plan.read_record("sft1")
     assert rec.status == "done" and rec.attempts == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Job arrays: the data stage with its annotating server, the eval stage
+# ----------------------------------------------------------------------------------------------------
+
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
+def _array_tasks(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    """Task id -> state of every task of an array job."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True,
+                         check=False).stdout
+    tasks = {}
+    for line in out.splitlines():
+        info = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        tasks[info.get("ArrayTaskId", "?")] = info.get("JobState", "?")
+    return tasks
+
+
+def _submit_jobs(stage: str, profile: Path, env: dict[str, str]) -> dict[str, str]:
+    """`kframes submit STAGE`: job name -> id, from its stderr lines."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", "submit", stage, "--profile", str(profile)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return {m.group(1): m.group(2) for m in re.finditer(r"^(\S+)\s+job (\d+)", out.stderr, flags=re.M)}
+
+
+@pytest.fixture(scope="module")
+def array_setup(tmp_path_factory: pytest.TempPathFactory, slurm: dict[str, str], shared_data: Path) -> dict[str, Path]:
+    """A pipeline whose data stage asks an OpenAI-compatible annotator, a profile running data and eval as job
+    arrays, and a `vllm` on the jobs' PATH that serves tests/annotator_loopback.py (vLLM's arguments, no GPU)."""
+    from test_arrays import _eval_questions, annotated_pipeline, data_queries, data_videos
+
+    tmp = tmp_path_factory.mktemp("arrays")
+    bindir = tmp / "bin"
+    bindir.mkdir()
+    fake = bindir / "vllm"
+    fake.write_text(f'#!/bin/bash\nexec {sys.executable} {ROOT / "tests/annotator_loopback.py"} "$@"\n')
+    fake.chmod(0o755)
+    videos = data_videos(shared_data, tmp / "videos")
+    queries = data_queries(tmp / "queries.jsonl", marked="fades")
+    pipeline = annotated_pipeline(tmp, videos, queries, "http://set-by-the-array:1/v1", tmp / "run")
+    raw = yaml.safe_load(pipeline.read_text())
+    raw["eval_on"] = "recipe"  # eval asks its own questions: it reads nothing of grpo and select
+    raw["overrides"]["eval"] = [
+        "benchmark=jsonl", f"data={_eval_questions(shared_data, tmp / 'questions.jsonl')}", "k=[2, 4]",
+        "selectors=[{name: uniform}, {name: bolt, model: tiny-clip, num_candidates: 8}]", "downstream.max_pixels=3136",
+    ]
+    pipeline.write_text(yaml.safe_dump(raw))
+    profile = _cpu_profile(
+        pipeline,
+        setup=[f"export PATH={bindir}:$PATH"],
+        extra_sbatch=["--oversubscribe"],  # the local node has 1 or 2 CPUs; the tasks mostly wait on HTTP
+        # one CPU per job: the local node may declare a single CPU (nproc honours OMP_NUM_THREADS=1)
+        stages={"data": {"array": {"tasks": 3, "parallel": 3, "merge_cpus": 1, "merge_mem": None}},
+                "eval": {"array": {"tasks": 2, "merge_cpus": 1, "merge_mem": None}}},
+        annotator={"gpus": 0, "port": _free_port(), "wait_timeout_s": 300},
+    )
+    profile["env"]["KFRAMES_LOOPBACK_FAIL_FILE"] = str(tmp / "refuse.txt")
+    (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
+    return {"tmp": tmp, "profile": tmp / "profile.yaml", "pipeline": pipeline, "logs": tmp / "run" / "slurm" / "logs",
+            "videos": videos, "queries": queries}
+
+
+def _log(setup: dict[str, Path], name: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(setup["logs"].glob(f"{name}-*.out")))
+
+
+def test_data_array_with_its_annotating_server_resumes_a_failed_task_and_merges(
+    array_setup: dict[str, Path], slurm: dict[str, str]
+) -> None:
+    """3 tasks over 5 shared videos against the loopback annotator served as its own job: the task whose video the
+    annotator refuses fails, so the merge never runs and the server is stopped; resubmitted, that task builds
+    only that video, the others nothing, and the merge writes the stage (tests/test_arrays.py compares a merged
+    build with a one-process one)."""
+    from pipeline.orchestration.orchestrate import load_pipeline
+
+    (array_setup["tmp"] / "refuse.txt").write_text("zeppelin")  # every question about fades.mp4 (shard 0/3)
+    jobs = _submit_jobs("data", array_setup["profile"], slurm)
+    assert list(jobs) == ["data-annotator", "data-array", "data-annotator-stop", "data-merge"]
+    stop = _wait(jobs["data-annotator-stop"], slurm, until=ENDED)
+    assert stop["JobState"] == "COMPLETED", _log(array_setup, "data-annotator-stop")
+    tasks = _array_tasks(jobs["data-array"], slurm)
+    assert tasks == {"0": "FAILED", "1": "COMPLETED", "2": "COMPLETED"}, _log(array_setup, "data")
+    server = _wait(jobs["data-annotator"], slurm, until=ENDED)
+    server_log = _log(array_setup, "data-annotator")
+    assert server["JobState"] == "COMPLETED" and "USR2: stopping the server" in server_log, server_log
+    merge = _wait(jobs["data-merge"], slurm, until=ENDED, timeout_s=120)
+    assert merge["JobState"] == "CANCELLED"  # its dependency can never be satisfied
+    plan = load_pipeline(str(array_setup["pipeline"]))
+    out = plan.stage_dir("data")
+    assert sorted(p.stem for p in (out / "videos").glob("*.json")) == ["bikes", "counter", "delayed_start",
+                                                                       "goldeneye-vfr-drop3"]
+    assert plan.read_record("data").status == "running" and not (out / "tasks").exists()
+    built_at = {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.json")}
+
+    (array_setup["tmp"] / "refuse.txt").unlink()
+    jobs = _submit_jobs("data", array_setup["profile"], slurm)
+    merge = _wait(jobs["data-merge"], slurm, until=ENDED, timeout_s=300)
+    logs = _log(array_setup, "data")
+    assert merge["JobState"] == "COMPLETED", _log(array_setup, "data-merge") + logs
+    assert _array_tasks(jobs["data-array"], slurm) == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}
+    assert "shard 0/3: {'built': 1, 'resumed': 1}" in logs  # only the video it had not finished
+    assert "shard 1/3: {'built': 0, 'resumed': 2}" in logs and "shard 2/3: {'built': 0, 'resumed': 1}" in logs
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.json") if p.name in built_at} == built_at
+    assert _wait(jobs["data-annotator"], slurm, until=ENDED)["JobState"] == "COMPLETED"
+    record = plan.read_record("data")
+    assert record.status == "done" and record.key == plan.keys["data"] and record.summary["shards"] == 3
+    assert record.summary["videos"] == 5 and plan.tasks_file("sft1", "train").is_file()
+    assert len((out / "peakclips.jsonl").read_text().splitlines()) == 5
+
+
+def test_eval_array_of_two_tasks_merges_into_the_one_process_run(
+    array_setup: dict[str, Path], slurm: dict[str, str]
+) -> None:
+    from test_arrays import assert_same_eval
+
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.orchestration.orchestrate import StageRecord, load_pipeline
+
+    plan = load_pipeline(str(array_setup["pipeline"]))
+    for stage in ("grpo", "select"):  # eval_on: recipe with baseline selectors reads neither; marked done
+        plan.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        plan.write_record(StageRecord(stage=stage, key=plan.keys[stage], status="done"))
+    jobs = _submit_jobs("eval", array_setup["profile"], slurm)
+    assert list(jobs) == ["eval-array", "eval-merge"]
+    merge = _wait(jobs["eval-merge"], slurm, until=ENDED)
+    assert merge["JobState"] == "COMPLETED", _log(array_setup, "eval-merge") + _log(array_setup, "eval")
+    assert _array_tasks(jobs["eval-array"], slurm) == {"0": "COMPLETED", "1": "COMPLETED"}
+    record = plan.read_record("eval")
+    assert record.status == "done" and record.summary["shards"] == 2
+
+    single = array_setup["tmp"] / "eval-one-process"
+    evaluate(plan.configs["eval"].model_copy(update={"output_dir": str(single)}), progress=False)
+    assert_same_eval(plan.stage_dir("eval"), single)

@@ -1,4 +1,4 @@
-"""`kframes submit STAGE|all --profile configs/cluster/slurm.yaml [--dry-run]` (pipeline.orchestration.slurm)."""
+"""`kframes submit STAGE|all --profile configs/cluster/slurm.yaml [--dry-run]` (pipeline.orchestration.submission)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pipeline.orchestration.orchestrate import STAGES
-from pipeline.orchestration.slurm import submit
+from pipeline.orchestration.submission import submit
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(s.script.read_text())
         else:
             dep = f" after {s.dependency}" if s.dependency else ""
-            print(f"{s.stage:<7} job {s.job_id}{dep}  script {s.script}", file=sys.stderr)
+            print(f"{s.name:<18} job {s.job_id}{dep}  script {s.script}", file=sys.stderr)
             print(s.job_id)
     return 0
 
@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "submit",
         help="write and submit the sbatch script of a stage (or all stages, chained) to Slurm",
-        description="One Slurm job per stage; `all` chains them with --dependency=afterok and leaves out stages "
-        "that are already done. Scripts and logs go to the profile's run_dir (default <pipeline output>/slurm).",
+        description="One Slurm job per stage, or for data, select and eval with `stages.<stage>.array` in the profile a "
+        "job array of shards and a merge job (and for data the annotating model's vLLM server); `all` chains the "
+        "stages with --dependency=afterok and leaves out stages that are already done. Scripts and logs go to the "
+        "profile's run_dir (default <pipeline output>/slurm).",
     )
     p.add_argument("stage", choices=[*STAGES, "all"])
     p.add_argument("--profile", required=True, help="cluster profile (configs/cluster/slurm.yaml)")

@@ -171,17 +171,8 @@ def evaluate(
         _check_run_folder(out, cfg)
         data: dict[str, Any] | None = None
         if questions is None:
-            loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
-            questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
-            check_videos_exist(questions, loaded.path)
-            data = {**loaded.summary(questions), "limit": cfg.limit}
-            for s in loaded.skipped:
-                log.warning("skipped %s", s)
-        if selectors is None:
-            selectors = [make_selector(s) for s in cfg.selectors]
-        labels = [s.label for s in selectors]
-        if len(set(labels)) != len(labels):
-            raise DataError(f"two selectors share the label {labels}; set `label:` to tell them apart")
+            questions, data = load_eval_questions(cfg)
+        selectors = make_selectors(cfg) if selectors is None else _distinct_labels(selectors)
         ks = sorted(set(cfg.k))
         # A result is keyed by everything that made it: the selector's model (by content) and settings, k and the
         # question; a rerun into the same folder with another model computes its own rows, never reuses these.
@@ -233,19 +224,57 @@ def evaluate(
                             rec = _error_record(sel, q, k, message)
                         results.add(rec)
 
-        by_id = {q.question_id: q for q in questions}
-        current = {sel.result_id for sel in selectors}
-        summary = summarize(
-            [_with_question_fields(r, by_id[r["question_id"]]) for r in results.records.values()
-             if r.get("result_id") in current and r["k"] in ks and r["question_id"] in by_id],
-            benchmark=reported_benchmark(cfg.benchmark, questions),
-            downstream=cfg.downstream,
-            selectors=labels,
-            ks=ks,
-            data=data,
-        )
-        write_reports(out, summary)
-        return summary
+        return report_results(out, cfg, questions, selectors, results.records.values(), data)
+
+
+def load_eval_questions(cfg: EvalConfig, *, check_videos: bool = True) -> tuple[list[EvalQuestion], dict[str, Any]]:
+    """The benchmark's questions as `evaluate` asks them (malformed records skipped, the first `limit`) and the
+    loader's counts for the summary; with `check_videos`, a missing video is an error naming it."""
+    loaded = load_benchmark(cfg.benchmark, cfg.data, video_root=cfg.video_root, strict=cfg.strict)
+    questions = loaded.questions[: cfg.limit] if cfg.limit else loaded.questions
+    if check_videos:
+        check_videos_exist(questions, loaded.path)
+    for s in loaded.skipped:
+        log.warning("skipped %s", s)
+    return questions, {**loaded.summary(questions), "limit": cfg.limit}
+
+
+def make_selectors(cfg: EvalConfig) -> list[FrameSelector]:
+    """The recipe's selectors (models load lazily); two with one label are an error."""
+    return _distinct_labels([make_selector(s) for s in cfg.selectors])
+
+
+def _distinct_labels(selectors: list[FrameSelector]) -> list[FrameSelector]:
+    labels = [s.label for s in selectors]
+    if len(set(labels)) != len(labels):
+        raise DataError(f"two selectors share the label {labels}; set `label:` to tell them apart")
+    return selectors
+
+
+def report_results(
+    out: Path,
+    cfg: EvalConfig,
+    questions: list[EvalQuestion],
+    selectors: list[FrameSelector],
+    records: Iterable[dict[str, Any]],
+    data: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """summary.json, report.md and the plot from the result records of these selectors, k and questions (records
+    of other models or settings in the same journal are left out)."""
+    ks = sorted(set(cfg.k))
+    by_id = {q.question_id: q for q in questions}
+    current = {sel.result_id for sel in selectors}
+    summary = summarize(
+        [_with_question_fields(r, by_id[r["question_id"]]) for r in records
+         if r.get("result_id") in current and r["k"] in ks and r["question_id"] in by_id],
+        benchmark=reported_benchmark(cfg.benchmark, questions),
+        downstream=cfg.downstream,
+        selectors=[s.label for s in selectors],
+        ks=ks,
+        data=data,
+    )
+    write_reports(out, summary)
+    return summary
 
 
 def reported_benchmark(benchmark: str, questions: list[EvalQuestion]) -> str:

@@ -13,7 +13,8 @@ journals) rather than starting over; a stage whose key changed since is started 
 
 The stages run in this process, one after the other (`kframes run` is the one-machine path). On a cluster,
 `kframes submit` runs the same code one stage per Slurm job (`kframes run --only STAGE`, under
-`accelerate launch` for training), so records written there are honoured here and vice versa.
+`accelerate launch` for training; data, select and eval also as job arrays of shards and a merge,
+pipeline.orchestration.arrays), so records written there are honoured here and vice versa.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 RECORD_NAME = "pipeline.json"
 SAMPLES_DIR = "samples"
+SHARDS_DIR = "shards"  # select and eval run as job arrays: one folder per shard, merged into the stage's outputs
+
+# Where a stage finds a server, not what it computes: left out of the stage keys, so that a job that gets its
+# server's address from Slurm (another node after a requeue, a per-task port) resumes instead of starting over.
+ENDPOINT_FIELDS: dict[str, tuple[str, ...]] = {
+    "data": ("llm.base_url",),
+    "grpo": ("reward.downstream.url", "grpo.vllm_server_url"),
+    "eval": ("downstream.url",),
+}
 
 
 class StageRecord(BaseModel):
@@ -77,6 +87,9 @@ class StageRecord(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict, description="what the stage produced (paths)")
     summary: dict[str, Any] = Field(default_factory=dict, description="a few numbers worth a glance")
     attempts: int = Field(0, description="how many times the stage was started with this key")
+    force_token: str | None = Field(
+        None, description="job arrays: the `kframes submit --force` that last started the stage over (once per submission)"
+    )
     started_at: str | None = None
     finished_at: str | None = None
     seconds: float | None = Field(None, description="wall time of the attempt that finished it")
@@ -89,6 +102,19 @@ def _now() -> str:
 
 def _sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _without_endpoints(stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config less its ENDPOINT_FIELDS (what the stage key hashes)."""
+    out = json.loads(json.dumps(config, default=str))
+    for dotted in ENDPOINT_FIELDS.get(stage, ()):
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def file_fingerprint(path: str | Path | None) -> str | None:
@@ -228,7 +254,7 @@ def make_plan(pipe: PipelineConfig, source: str = "pipeline") -> Plan:
         plan.keys[stage] = _sha256(
             {
                 "stage": stage,
-                "config": plan.configs[stage].model_dump(mode="json"),
+                "config": _without_endpoints(stage, plan.configs[stage].model_dump(mode="json")),
                 "upstream": {u: plan.keys[u] for u in UPSTREAM[stage]},
                 "outside": outside,
             }
@@ -324,9 +350,9 @@ def select_stages(plan: Plan, from_stage: str | None = None, only: Sequence[str]
 # someone else's, and the stage refuses to start rather than delete it.
 STAGE_OUTPUTS: dict[str, frozenset[str]] = {
     "data": frozenset({"videos", "failed", "peakclips.jsonl", "summary.json", "tasks", "llm_cache"}),
-    "select": frozenset({"selections.jsonl", "questions.jsonl"}),
+    "select": frozenset({"selections.jsonl", "questions.jsonl", SHARDS_DIR}),
     "eval": frozenset({"run.json", "results.jsonl", "analyses.jsonl", "summary.json", "report.md",
-                       "accuracy_vs_k.png", "questions.jsonl"}),
+                       "accuracy_vs_k.png", "questions.jsonl", SHARDS_DIR}),
 }
 
 
@@ -359,19 +385,34 @@ def _clear_dir(stage: str, path: Path, keep: Sequence[str] = ()) -> None:
             child.unlink()
 
 
-def _run_data(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
+def clear_stage(plan: Plan, stage: str) -> None:
+    """Remove what a stage wrote in its folder before it starts over (the data stage keeps its LLM answers)."""
+    _clear_dir(stage, plan.stage_dir(stage), keep=("llm_cache",) if stage == "data" else ())
+
+
+def prepare_data(plan: Plan) -> Any:
+    """The data config, after writing the sample videos it reads (if the pipeline generates them)."""
     cfg = plan.configs["data"]
-    out = plan.stage_dir("data")
-    if fresh:
-        _clear_dir("data", out, keep=("llm_cache",))
     if plan.pipe.samples is not None:
         from pipeline.orchestration.samples import write_samples
 
         write_samples(plan.samples_dir, plan.pipe.samples)
-
     if not cfg.videos_dir:
         raise ConfigError(f"{plan.pipe.stages.data}: videos_dir: the data stage needs a videos folder")
+    return cfg
+
+
+def _run_data(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    out = plan.stage_dir("data")
+    if fresh:
+        clear_stage(plan, "data")
+    cfg = prepare_data(plan)
     built = build_peakclips(cfg, videos_dir=cfg.videos_dir, out_dir=out)
+    return data_stage_result(built, out)
+
+
+def data_stage_result(built: Any, out: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The data stage's outputs and summary from a finished build (or merge); an unsettled build is an error."""
     failed = "; ".join(f"{v}: {e}" for v, e in list(built.failed.items())[:3])
     if not built.complete:
         raise DataError(
@@ -403,15 +444,20 @@ def _run_train(plan: Plan, stage: str, fresh: bool) -> tuple[dict[str, str], dic
     return {"final": str(final)}, summary
 
 
-def _run_select(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
-    out = plan.stage_dir("select")
-    if fresh:
-        _clear_dir("select", out)
-    questions = heldout_questions(
+def select_questions(plan: Plan) -> list[dict[str, Any]]:
+    """The held-out questions the select stage answers (all of them; a shard takes its part)."""
+    return heldout_questions(
         plan.pipe.select,
         samples_dir=plan.samples_dir if plan.pipe.samples is not None else None,
         grpo_val_tasks=plan.tasks_file("grpo", "val"),
     )
+
+
+def _run_select(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    out = plan.stage_dir("select")
+    if fresh:
+        _clear_dir("select", out)
+    questions = select_questions(plan)
     return run_select_stage(
         plan.pipe.select,
         questions,
@@ -426,7 +472,11 @@ def _run_eval(plan: Plan, fresh: bool) -> tuple[dict[str, str], dict[str, Any]]:
     out = plan.stage_dir("eval")
     if fresh:
         _clear_dir("eval", out)
-    summary = evaluate(plan.configs["eval"])
+    return eval_stage_result(evaluate(plan.configs["eval"]), out)
+
+
+def eval_stage_result(summary: dict[str, Any], out: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """The eval stage's outputs and the few numbers its record keeps, from the evaluation's summary."""
     short = {  # pipeline.evaluation.report.summarize: selectors -> k -> {accuracy, n, cost, ...}
         f"accuracy/{sel}/k{k}": cell.get("accuracy")
         for sel, by_k in (summary.get("selectors") or {}).items()
@@ -464,12 +514,8 @@ class StageOutcome:
         return f"{self.stage:<7} {verb:<8} {took:>9}  ({self.reason})"
 
 
-def run_stage(plan: Plan, stage: str, *, force: bool = False) -> StageOutcome:
-    """Run (or skip, or resume) one stage, keeping its record up to date. The upstream must be done."""
-    if stage in TRAIN_STAGES:
-        from accelerate import PartialState
-
-        PartialState()  # joins the process group under `accelerate launch`, so that the ranks agree below
+def check_upstream(plan: Plan, stage: str) -> None:
+    """The stages a stage reads must be done: a ConfigError naming the first that is not."""
     for up in UPSTREAM[stage]:
         if up == "data" and stage == "select" and plan.pipe.select.questions:
             continue
@@ -481,6 +527,15 @@ def run_stage(plan: Plan, stage: str, *, force: bool = False) -> StageOutcome:
             )
         if rec.key != plan.keys[up]:
             logger.warning("%s is out of date with its config (its record has another key); %s uses it as is", up, stage)
+
+
+def run_stage(plan: Plan, stage: str, *, force: bool = False) -> StageOutcome:
+    """Run (or skip, or resume) one stage, keeping its record up to date. The upstream must be done."""
+    if stage in TRAIN_STAGES:
+        from accelerate import PartialState
+
+        PartialState()  # joins the process group under `accelerate launch`, so that the ranks agree below
+    check_upstream(plan, stage)
 
     action, reason = decide(plan, stage, force=force)
     if action == "skip":

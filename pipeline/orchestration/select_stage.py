@@ -20,6 +20,7 @@ from pipeline.core.contracts import EvalQuestion
 from pipeline.core.errors import DataError
 from pipeline.core.io import Journal, atomic_write_jsonl, iter_jsonl
 from pipeline.evaluation.benchmarks import load_questions
+from pipeline.evaluation.shards import shard_by_video, shard_dir
 from pipeline.inference.selector import Selector, select_frames
 
 SELECTIONS_FILE = "selections.jsonl"
@@ -69,11 +70,7 @@ def run_select_stage(
     """Select frames for every question with the selector in `model_dir`, journaled in `out`; the questions are
     written to `questions_file` for the eval stage. Returns (outputs, summary)."""
     out.mkdir(parents=True, exist_ok=True)
-    eval_fields = set(EvalQuestion.model_fields)
-    atomic_write_jsonl(
-        questions_file,
-        [EvalQuestion.model_validate({k: v for k, v in q.items() if k in eval_fields}) for q in questions],
-    )
+    write_questions(questions_file, questions)
     journal = Journal(out / SELECTIONS_FILE, ("question_id",))
     todo = [q for q in questions if journal.get(q["question_id"]) is None]
     selector = None
@@ -93,11 +90,54 @@ def run_select_stage(
         )
         sel = res.to_dict()
         journal.add({**q, **{k: sel[k] for k in _KEEP}, "mode": sel_cfg.mode, "sampler_mode": res.mode})
-    records = [journal.get(q["question_id"]) for q in questions]
-    summary: dict[str, Any] = {
-        "questions": len(records),
-        "fallback_rate": sum(bool(r and r["fallback"]) for r in records) / len(records),
-    }
+    summary = selection_summary([journal.get(q["question_id"]) for q in questions])
     if selector is not None:
         summary["model_load_s"] = load_s
     return {"selections": str(out / SELECTIONS_FILE), "questions": str(questions_file)}, summary
+
+
+def merge_select_shards(
+    questions: list[dict[str, Any]], *, out: Path, questions_file: Path, shards: int
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Join the selections of `shards` shards (`<out>/shards/<i>-of-<N>/`, each run by `run_select_stage` on its
+    `shard_by_video` part) into `<out>/selections.jsonl` in question order, and write `questions_file`: what one
+    process selecting every question writes. A selection missing from its shard is an error naming the shard."""
+    owner = {q["question_id"]: i for i in range(shards)
+             for q in shard_by_video(questions, i, shards, video=lambda q: q["video"])}
+    journals = [Journal(shard_dir(out, i, shards) / SELECTIONS_FILE, ("question_id",)) for i in range(shards)]
+    main = Journal(out / SELECTIONS_FILE, ("question_id",))
+    records, new, missing = [], [], []
+    for q in questions:
+        rec = main.get(q["question_id"])
+        if rec is None:
+            rec = journals[owner[q["question_id"]]].get(q["question_id"])
+            if rec is None:
+                missing.append(f"{shard_dir(out, owner[q['question_id']], shards).name}: {q['question_id']}")
+                continue
+            new.append(rec)
+        records.append(rec)
+    if missing:
+        raise DataError(
+            f"{len(missing)} selection(s) missing from the shards of {out} (first: {missing[0]}); their array tasks "
+            "did not finish: rerun them (each resumes where it stopped), then merge again"
+        )
+    write_questions(questions_file, questions)
+    atomic_write_jsonl(out / SELECTIONS_FILE, [*main.records.values(), *new])
+    return {"selections": str(out / SELECTIONS_FILE), "questions": str(questions_file)}, selection_summary(records)
+
+
+def write_questions(questions_file: Path, questions: list[dict[str, Any]]) -> None:
+    """The questions as EvalQuestion lines, which the eval stage reads."""
+    eval_fields = set(EvalQuestion.model_fields)
+    atomic_write_jsonl(
+        questions_file,
+        [EvalQuestion.model_validate({k: v for k, v in q.items() if k in eval_fields}) for q in questions],
+    )
+
+
+def selection_summary(records: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """What the stage record keeps of the selections: how many, and how often the sampler fell back to uniform."""
+    return {
+        "questions": len(records),
+        "fallback_rate": sum(bool(r and r["fallback"]) for r in records) / max(1, len(records)),
+    }

@@ -1,11 +1,11 @@
-"""`kframes submit`: one sbatch script per pipeline stage, chained with `--dependency=afterok`.
+"""The sbatch script of one pipeline stage run as one job (`kframes submit`; pipeline.orchestration.submission).
 
 Each job runs exactly what `kframes run --only STAGE` runs on a laptop (pipeline.orchestration.orchestrate), so the stage
 records, skipping and resume rules are the same on the cluster; only the launch differs:
 
 - training stages: `srun` one task per node, each running `accelerate launch` with the profile's DeepSpeed
   config (`--num_machines`, `--machine_rank $SLURM_NODEID`, `--main_process_ip` = the first node), 8 GPUs per
-  node by default; data, select and eval run as one task.
+  node by default; data, select and eval run as one task, or as job arrays (pipeline.orchestration.slurm_arrays).
 - preemption: `#SBATCH --requeue` and `--signal=B:USR1@120`. The batch shell traps USR1 (time limit coming)
   and TERM (preemption), touches `$KFRAMES_PREEMPT_FILE`, which every trainer rank polls after each step
   (stages.preemption): they save a complete checkpoint and exit; then the script requeues the job with
@@ -18,14 +18,14 @@ records, skipping and resume rules are the same on the cluster; only the launch 
   reward server); the trainer starts once `GET /health` answers, and is given its URL. `colocate` needs no server.
 - logs and scripts live in the run folder: `<run_dir>/scripts/<stage>.sbatch`, `<run_dir>/logs/<stage>-<jobid>.out`.
 
-`python -m pipeline.orchestration.slurm wait-http URL` is the readiness probe the scripts call (no curl needed on the nodes).
+`python -m pipeline.orchestration.slurm wait-http URL` is the readiness probe the scripts call (no curl needed on the
+nodes); `wait-server FILE --job ID` waits for a server that runs as its own job (a job array's annotating model).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import string
 import subprocess
@@ -35,16 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.config import SlurmProfile, SlurmStageSection, load_config
-from pipeline.core.errors import ConfigError, KframesError
-from pipeline.core.io import atomic_write_text
-from pipeline.orchestration.orchestrate import TRAIN_STAGES, Plan, decide, load_pipeline
+from pipeline.core.errors import ConfigError
+from pipeline.orchestration.orchestrate import TRAIN_STAGES, Plan
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE_TEMPLATE = string.Template((Path(__file__).parent / "templates" / "stage.sbatch").read_text())
-
-
-class SubmitError(KframesError):
-    """sbatch is missing or refused a script."""
 
 
 @dataclass
@@ -113,14 +108,27 @@ def starting_model(plan: Plan) -> str:
     return cfg.model.name_or_path
 
 
-def _sbatch_options(profile: SlurmProfile, res: StageResources, stage: str, *, nodes: int, logs: Path) -> list[str]:
+def _sbatch_options(
+    profile: SlurmProfile,
+    res: StageResources,
+    stage: str,
+    *,
+    nodes: int,
+    logs: Path,
+    output: str | None = None,
+    exclusive: bool = True,
+    requeue: bool = True,
+) -> list[str]:
+    """The `#SBATCH` options of a job named kframes-`stage`; `output` replaces its log's name (`<stage>-%j.out`),
+    `exclusive=False` leaves out --exclusive (array tasks share nodes), `requeue=False` leaves out --requeue and
+    the time-limit signal (a job with nothing to save)."""
     gres = _gres(profile)
     sb: list[str] = [
         f"--job-name=kframes-{stage}",
         f"--nodes={nodes}",
         "--ntasks-per-node=1",
         f"--time={res.time}",
-        f"--output={logs}/{stage}-%j.out",
+        f"--output={logs}/{output or f'{stage}-%j.out'}",
         "--open-mode=append",  # a requeued job appends to the same log
         f"--chdir={REPO_ROOT}",
     ]
@@ -134,11 +142,12 @@ def _sbatch_options(profile: SlurmProfile, res: StageResources, stage: str, *, n
                         ("constraint", profile.constraint)):
         if value:
             sb.append(f"--{flag}={value}")
-    if profile.exclusive and res.gpus_per_node:
+    if exclusive and profile.exclusive and res.gpus_per_node:
         sb.append("--exclusive")
-    if profile.requeue:
+    if requeue and profile.requeue:
         sb.append("--requeue")
-    sb.append(f"--signal=B:USR1@{profile.signal_seconds}")
+    if requeue:
+        sb.append(f"--signal=B:USR1@{profile.signal_seconds}")
     sb.extend(profile.extra_sbatch)
     return sb
 
@@ -355,89 +364,54 @@ def render_script(
     )
 
 
-@dataclass
-class Submission:
-    stage: str
-    script: Path
-    job_id: str | None
-    dependency: str | None
-    skipped: str | None = None
+# ----------------------------------------------------------------------------------------------------
+# `python -m pipeline.orchestration.slurm wait-http URL` / `wait-server FILE --job ID`: the servers' readiness probes
+# ----------------------------------------------------------------------------------------------------
 
 
-def run_dir_of(plan: Plan, profile: SlurmProfile) -> Path:
-    return Path(_abs(profile.run_dir)) if profile.run_dir else Path(_abs(plan.root)) / "slurm"
+# Job states in which a job will not run again on its own: `wait-server` stops waiting for it. (A preempted job
+# that Slurm requeues comes back PENDING, and is waited for.)
+_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "COMPLETING", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+          "SPECIAL_EXIT", "TIMEOUT"}
 
 
-def submit(
-    target: str,
-    profile_path: str,
-    *,
-    pipeline_path: str | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-    after: str | None = None,
-    sbatch: str = "sbatch",
-) -> list[Submission]:
-    """Write (and unless `dry_run`, submit) the scripts of `target` (a stage or `all`). Returns what was done.
-
-    With `all`, stages already done (same key, outputs in place) are left out unless `force`; each submitted
-    stage depends on the previous submitted one (`afterok`), the first on `after` if given.
-    """
-    profile = load_profile(profile_path)
-    pipeline_path = pipeline_path or profile.pipeline
-    plan = load_pipeline(pipeline_path)
-    if target == "all":
-        stages = plan.stages
-    elif target in plan.stages:
-        stages = [target]
-    else:
-        raise ConfigError(f"unknown stage {target!r}; expected all or one of {', '.join(plan.stages)}")
-    run_dir = run_dir_of(plan, profile)
-    out: list[Submission] = []
-    previous = after
-    for stage in stages:
-        action, reason = decide(plan, stage)
-        if target == "all" and action == "skip" and not force:
-            out.append(Submission(stage, run_dir / "scripts" / f"{stage}.sbatch", None, None, skipped=reason))
-            continue
-        text = render_script(plan, profile, stage, pipeline_path=pipeline_path, run_dir=run_dir, force=force)
-        script = run_dir / "scripts" / f"{stage}.sbatch"
-        atomic_write_text(script, text)
-        script.chmod(0o755)
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        dep = f"afterok:{previous}" if previous else None
-        job_id = None
-        if not dry_run:
-            job_id = sbatch_submit(script, dependency=dep, sbatch=sbatch)
-            previous = job_id
-        else:
-            previous = f"<{stage}>"
-        out.append(Submission(stage, script, job_id, dep))
-    return out
-
-
-def sbatch_submit(script: Path, *, dependency: str | None = None, sbatch: str = "sbatch") -> str:
-    """Submit a script; returns the job id. `--kill-on-invalid-dep` drops a job whose predecessor failed."""
-    cmd = [sbatch, "--parsable"]
-    if dependency:
-        cmd += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
-    cmd.append(str(script))
+def job_alive(job: str, *, squeue: str = "squeue") -> bool:
+    """Whether Slurm still has job `job` pending or running (True when squeue cannot tell: no Slurm here)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    except FileNotFoundError:
-        raise SubmitError(f"{sbatch}: not found; run this on a Slurm login node (or use --dry-run)") from None
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SubmitError(f"sbatch {script} failed: {msg[-1] if msg else f'exit code {proc.returncode}'}")
-    m = re.match(r"^(\d+)", proc.stdout.strip())
-    if not m:
-        raise SubmitError(f"sbatch {script}: unexpected answer {proc.stdout.strip()!r}")
-    return m.group(1)
+        proc = subprocess.run([squeue, "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=60,
+                              check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return True
+    states = proc.stdout.split()
+    if proc.returncode != 0 or not states:
+        return False  # unknown to the controller: it ended a while ago
+    return any(state not in _ENDED for state in states)
 
 
-# ----------------------------------------------------------------------------------------------------
-# `python -m pipeline.orchestration.slurm wait-http URL`: the readiness probe of the vLLM server
-# ----------------------------------------------------------------------------------------------------
+def wait_server(
+    url_file: str | Path, *, job: str, timeout_s: float, interval_s: float = 5.0, squeue: str = "squeue"
+) -> str | None:
+    """Wait until the server job `job` has written its address to `url_file` and `GET <address>/models` answers;
+    return the address. None when the job ends first or `timeout_s` passes."""
+    import httpx
+
+    path = Path(url_file)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = path.read_text().strip() if path.is_file() else ""
+        if url:
+            try:
+                if httpx.get(f"{url}/models", timeout=min(10.0, interval_s * 2)).status_code == 200:
+                    print(f"wait-server: {url} is up", file=sys.stderr)
+                    return url
+            except httpx.HTTPError:
+                pass
+        if not job_alive(job, squeue=squeue):
+            print(f"wait-server: job {job} ended before its server answered", file=sys.stderr)
+            return None
+        time.sleep(interval_s)
+    print(f"wait-server: job {job}'s server did not answer within {timeout_s:.0f}s", file=sys.stderr)
+    return None
 
 
 def wait_http(url: str, *, timeout_s: float, pid: int | None = None, interval_s: float = 5.0) -> bool:
@@ -473,7 +447,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--pid", type=int, default=None)
     p.add_argument("--interval", type=float, default=5.0)
+    p = sub.add_parser("wait-server", help="wait for a server job's address file, then until it answers; print it")
+    p.add_argument("url_file")
+    p.add_argument("--job", required=True, help="the server's Slurm job id (waiting stops when it ends)")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--interval", type=float, default=5.0)
     args = parser.parse_args(argv)
+    if args.cmd == "wait-server":
+        url = wait_server(args.url_file, job=args.job, timeout_s=args.timeout, interval_s=args.interval)
+        if url is None:
+            return 1
+        print(url)
+        return 0
     return 0 if wait_http(args.url, timeout_s=args.timeout, pid=args.pid, interval_s=args.interval) else 1
 
 

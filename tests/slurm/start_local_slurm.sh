@@ -65,6 +65,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# start jobs whose dependency was just satisfied within seconds (the defaults wait up to a minute)
+SchedulerParameters=sched_interval=2,bf_interval=1
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
