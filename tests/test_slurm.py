@@ -411,6 +411,7 @@ def test_dry_run_cli_prints_scripts(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert out.count("#!/bin/bash") == 11 and "(dependency: afterok:<sft1>)" in out
     assert "data-merge.sbatch (dependency: afterok:<data-array>)" in out
+    assert "data-array.sbatch (dependency: after:<data-annotator>; --export=KFRAMES_SERVER_JOB=<data-annotator>)" in out
     assert "sft1.sbatch (dependency: afterok:<data-merge>)" in out
     assert main(["submit", "sft1", "--profile", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err

@@ -23,7 +23,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(f"{s.stage:<7} skipped ({s.skipped})", file=sys.stderr)
             continue
         if args.dry_run:
-            print(f"# ---- {s.script} (dependency: {s.dependency or 'none'})")
+            export = "".join(f"; --export={k}={v}" for k, v in s.export.items())
+            print(f"# ---- {s.script} (dependency: {s.dependency or 'none'}{export})")
             print(s.script.read_text())
         else:
             dep = f" after {s.dependency}" if s.dependency else ""

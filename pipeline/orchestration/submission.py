@@ -55,6 +55,7 @@ class Submission:
     dependency: str | None
     skipped: str | None = None
     name: str = ""  # the job's name (its script's stem): data-annotator, data-array, data-merge, sft1, ...
+    export: dict[str, str] = field(default_factory=dict)  # environment variables given to the job (another's id)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.stage
@@ -140,11 +141,11 @@ def submit(
             script.chmod(0o755)
             (run_dir / "logs").mkdir(parents=True, exist_ok=True)
             job_id = None
+            export = {v: ids[n] for v, n in job.export.items()}
             if not dry_run:
-                job_id = sbatch_submit(script, dependency=dep, export={v: ids[n] for v, n in job.export.items()},
-                                       sbatch=sbatch)
+                job_id = sbatch_submit(script, dependency=dep, export=export, sbatch=sbatch)
             ids[job.name] = job_id or f"<{job.name}>"
-            out.append(Submission(stage, script, job_id, dep, name=job.name))
+            out.append(Submission(stage, script, job_id, dep, name=job.name, export=export))
         previous = ids[job.name]
     return out
 
