@@ -21,13 +21,14 @@ from pipeline.core.errors import DataError
 from pipeline.core.io import Journal, atomic_write_jsonl, iter_jsonl
 from pipeline.evaluation.benchmarks import load_questions
 from pipeline.evaluation.shards import shard_by_video, shard_dir
-from pipeline.inference.selector import Selector, select_frames
+from pipeline.inference.selector import Selector, effective_sampler, select_frames, trained_sampler
 
 SELECTIONS_FILE = "selections.jsonl"
 # what each selections.jsonl line keeps of a pipeline.inference.selector.SelectionResult (besides the question)
 _KEEP = ("k", "clips", "parse_error", "indices", "timestamps_s", "fallback", "fallback_reason", "allocations",
          "timings", "raw", "generation")
 HELDOUT_FILE = "heldout.jsonl"
+DEFAULT_K = 8  # frames per question when neither the pipeline nor the trained model says
 
 
 def heldout_questions(
@@ -71,6 +72,9 @@ def run_select_stage(
     written to `questions_file` for the eval stage. Returns (outputs, summary)."""
     out.mkdir(parents=True, exist_ok=True)
     write_questions(questions_file, questions)
+    # What the reward optimised is what is selected with: the trained model's sampler settings and k, unless set here.
+    sampler, source = effective_sampler(sel_cfg, model_dir)
+    k = sel_cfg.k or trained_sampler(model_dir).get("k") or DEFAULT_K
     journal = Journal(out / SELECTIONS_FILE, ("question_id",))
     todo = [q for q in questions if journal.get(q["question_id"]) is None]
     selector = None
@@ -85,11 +89,12 @@ def run_select_stage(
             )
             load_s = time.perf_counter() - t0
         res = select_frames(
-            selector, q["video"], q["question"], sel_cfg.k, mode=sel_cfg.mode, options=q.get("options"),
-            max_new_tokens=sel_cfg.max_new_tokens,
+            selector, q["video"], q["question"], k, mode=sampler.mode, options=q.get("options"),
+            max_new_tokens=sel_cfg.max_new_tokens, **sampler.sampler_kwargs(),
         )
         sel = res.to_dict()
-        journal.add({**q, **{k: sel[k] for k in _KEEP}, "mode": sel_cfg.mode, "sampler_mode": res.mode})
+        journal.add({**q, **{key: sel[key] for key in _KEEP}, "mode": sampler.mode, "sampler_mode": res.mode,
+                     "sampler": {**sampler.sampler_settings(), "source": source}})
     summary = selection_summary([journal.get(q["question_id"]) for q in questions])
     if selector is not None:
         summary["model_load_s"] = load_s
@@ -136,8 +141,14 @@ def write_questions(questions_file: Path, questions: list[dict[str, Any]]) -> No
 
 
 def selection_summary(records: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """What the stage record keeps of the selections: how many, and how often the sampler fell back to uniform."""
-    return {
+    """What the stage record keeps of the selections: how many, how often the sampler fell back to uniform, and the
+    k and sampler settings they were selected with."""
+    summary: dict[str, Any] = {
         "questions": len(records),
         "fallback_rate": sum(bool(r and r["fallback"]) for r in records) / max(1, len(records)),
     }
+    first = next((r for r in records if r), None)
+    if first is not None and "sampler" in first:
+        summary["k"] = first["k"]
+        summary["sampler"] = {key: v for key, v in first["sampler"].items() if key != "source"}
+    return summary
