@@ -18,7 +18,7 @@ KFRAMES := $(VENV)/bin/kframes
 RUN := $(KFRAMES) run --config $(PIPELINE)
 
 .PHONY: help install demo test test-gpu-env test-fast data sft1 sft2 grpo train select eval run status bench bench-scenes \
-	bench-sampler bench-sft bench-scale lint clean
+	bench-sampler bench-sft bench-io bench-scale lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -138,6 +138,9 @@ bench-sft: install ## SFT tokens/s and peak memory against plain TRL
 
 bench-scale: install ## the data build as a job array of 1, 2, 4 shards (local Slurm or processes): videos/min vs ideal
 	$(PY) benchmarks/bench_scale.py
+
+bench-io: install ## video I/O against its floors: training frames, idle readers, reward client, data build (minutes)
+	$(PY) benchmarks/bench_io.py
 
 .PHONY: gpu-wheels bench-full-size
 gpu-wheels: ## the wheels bench-full-size needs beside torch on a GPU machine without a package index (.whl/, < 64 MiB)

@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from pydantic import ValidationError
 
 from data_builder.captions import apply_imported, build_chapters, caption_scenes, import_captions, summarize
 from data_builder.clips import clips_from_scores, is_sparse_enough, keyframe_sparsity
-from data_builder.llm import GenerationBackend, LLMRequest, make_llm
+from data_builder.frame_store import STORE_DIRNAME, FrameStore
+from data_builder.llm import CachedBackend, LLMRequest, make_llm
 from data_builder.queries import generate_queries, load_user_queries
 from data_builder.relevance import SimilarityRefiner, VideoContext, make_scorer
 from data_builder.scenes import segment_video
@@ -84,17 +87,32 @@ class LazyLLM:
     def __init__(self, cfg: Any, cache_dir: Path) -> None:
         self.cfg = cfg
         self.cache_dir = cache_dir
-        self._backend: GenerationBackend | None = None
+        self._backend: CachedBackend | None = None
+        self._lock = threading.Lock()
         self.identity = f"{cfg.backend}:{cfg.model}"
 
     @property
-    def backend(self) -> GenerationBackend:
-        if self._backend is None:
-            self._backend = make_llm(self.cfg, self.cache_dir)
-        return self._backend
+    def backend(self) -> CachedBackend:
+        with self._lock:  # videos annotated at once share one backend (one pool of requests)
+            if self._backend is None:
+                self._backend = make_llm(self.cfg, self.cache_dir)
+            return self._backend
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[str]:
-        return self.backend.generate(requests) if requests else []
+    @property
+    def pooled(self) -> bool:
+        """Whether requests go to a server's shared pool (then a request may be sent while the next is prepared)."""
+        return self.cfg.backend == "openai"
+
+    def generate(self, requests: Iterable[LLMRequest]) -> list[str]:
+        if isinstance(requests, Sequence) and not requests:
+            return []
+        return self.backend.generate(requests)
+
+    def close(self) -> None:
+        with self._lock:
+            close = getattr(self._backend.backend if self._backend is not None else None, "close", None)
+            if callable(close):
+                close()
 
 
 @dataclass
@@ -121,7 +139,6 @@ class VideoAnnotator:
     def __init__(self, cfg: Any, out_dir: Path, *, user_queries: dict[str, list[Any]], imported: dict[str, Any]) -> None:
         self.cfg = cfg
         self.llm = LazyLLM(cfg.llm, out_dir / "llm_cache")
-        self.frames = FrameCache(max_videos=2)
         self.scorer = make_scorer(cfg.relevance, self.llm)
         self.refiner = (
             SimilarityRefiner(
@@ -137,6 +154,13 @@ class VideoAnnotator:
         self.imported = imported
 
     def annotate(self, video_id: str, path: Path) -> tuple[PeakClipsRecord, dict[str, Any]]:
+        frames = FrameCache(max_videos=1)  # this video's own reader: videos annotated at once decode independently
+        try:
+            return self._annotate(video_id, path, frames)
+        finally:
+            frames.clear()
+
+    def _annotate(self, video_id: str, path: Path, frames: FrameCache) -> tuple[PeakClipsRecord, dict[str, Any]]:
         cfg = self.cfg
         info, scenes = detect(path, video_id, cfg.scenes)
         notes: list[str] = []
@@ -151,7 +175,7 @@ class VideoAnnotator:
         if missing:
             for c in caption_scenes(
                 self.llm, str(path), missing, frames_per_scene=cfg.captions.frames_per_scene,
-                frame_cache=self.frames, max_pixels=max_px,
+                frame_cache=frames, max_pixels=max_px,
             ):
                 caps[c.scene_index] = c.text
         captions = [SceneCaption(scene_index=s.index, text=caps[s.index]) for s in scenes]
@@ -182,7 +206,7 @@ class VideoAnnotator:
         # Relevance, clips, sparsity.
         ctx = VideoContext(
             video_path=str(path), scenes=scenes, captions=caps, chapters=chapters, summary=summary.text,
-            frame_cache=self.frames, max_pixels=max_px,
+            frame_cache=frames, max_pixels=max_px,
         )
         results = self.scorer.score(ctx, queries) if queries else []
         annotations, dropped = [], 0
@@ -261,6 +285,51 @@ def format_table(totals: dict[str, int]) -> str:
     return "\n".join(f"  {label:<{width}}  {totals.get(key, 0):>8,}" for key, label in cols)
 
 
+def videos_in_flight(llm_cfg: Any) -> int:
+    """Videos annotated at once: several when the LLM is a server (they share its `batch_size` request slots),
+    one with an in-process model (its batches, and so its answers, stay exactly those of a sequential build)."""
+    if llm_cfg.backend != "openai":
+        return 1
+    return llm_cfg.videos_in_flight or min(16, max(4, llm_cfg.batch_size // 4))
+
+
+def settle_video(cfg: Any, out: Path, video_id: str, path: Path, annotator: Any) -> tuple[str, str]:
+    """Build one video's record (unless it is done) and its frame store entry: (status, message), status one of
+    built, skipped, failed (its own input; recorded in `failed/`) and retry (the server failed)."""
+    target = video_file(out, video_id)
+    if load_done(target) is not None:
+        status = "skipped"
+    else:
+        try:
+            record, meta = annotator().annotate(video_id, path)
+        except BackendError as exc:  # the annotating server failed: the video is retried by the next run
+            log.error("%s: %s", path, exc)
+            return "retry", redact(str(exc))
+        except Exception as exc:  # a bad video or bad content must not stop a 6,700-video build
+            message = redact(str(exc) if isinstance(exc, KframesError) else f"{path}: {type(exc).__name__}: {exc}")
+            atomic_write_json(failed_file(out, video_id), {"video": str(path), "error": message})
+            log.error("%s", message)
+            return "failed", message
+        atomic_write_json(target, {"record": record.model_dump(mode="json"), "meta": meta}, indent=None)
+        failed_file(out, video_id).unlink(missing_ok=True)
+        status = "built"
+    if cfg.frames.store:
+        write_frame_store(cfg, out, path)
+    return status, ""
+
+
+def write_frame_store(cfg: Any, out: Path, path: Path) -> dict[str, Any] | None:
+    """The video's T candidate frames at the recipe's pixel budget in `<out>/frames` (data_builder.frame_store),
+    unless they are there already. A failure is logged, not fatal: training then decodes this video itself."""
+    try:
+        meta = FrameStore(out / STORE_DIRNAME).write(path, cfg.frames.num_candidates, cfg.frames.max_pixels)
+        log.info("%s: frame store %s frames, %.1f MB", path.name, "x".join(map(str, meta["shape"])), meta["bytes"] / 1e6)
+        return meta
+    except Exception as exc:
+        log.warning("%s: frame store entry not written (%s); training will decode this video", path, redact(str(exc)))
+        return None
+
+
 def build_peakclips(
     cfg: Any,
     *,
@@ -289,50 +358,57 @@ def build_peakclips(
     imported = import_captions(cfg.captions.import_file) if cfg.captions.import_file else {}
 
     summary = BuildSummary(out_dir=out, totals={})
-    annotator: VideoAnnotator | None = None
-    bar = tqdm(mine, desc=f"PeakClips {shard_i}/{shard_n}" if shard_n > 1 else "PeakClips", unit="video",
+    annotators: list[VideoAnnotator] = []
+    make_lock = threading.Lock()
+
+    def annotator() -> VideoAnnotator:  # loaded on the first video to build (a resumed, finished build loads nothing)
+        with make_lock:
+            if not annotators:
+                annotators.append(VideoAnnotator(cfg, out, user_queries=user_queries, imported=imported))
+            return annotators[0]
+
+    def settle(video_id: str, path: Path) -> tuple[str, str]:
+        return settle_video(cfg, out, video_id, path, annotator)
+
+    workers = videos_in_flight(cfg.llm) if len(mine) > 1 else 1
+    bar = tqdm(total=len(mine), desc=f"PeakClips {shard_i}/{shard_n}" if shard_n > 1 else "PeakClips", unit="video",
                disable=not progress, file=sys.stderr)
-    for video_id, path in bar:
-        bar.set_postfix_str(video_id[:30])
-        target = video_file(out, video_id)
-        if load_done(target) is not None:
+    outcomes: dict[str, tuple[str, str]] = {}
+    try:
+        if workers <= 1:
+            for video_id, path in mine:
+                bar.set_postfix_str(video_id[:30])
+                outcomes[video_id] = settle(video_id, path)
+                bar.update()
+        else:  # several videos in flight: their requests share the backend's pool, one's decoding overlaps the rest
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video")
+            try:
+                futures = {pool.submit(settle, video_id, path): video_id for video_id, path in mine}
+                for fut in as_completed(futures):
+                    outcomes[futures[fut]] = fut.result()
+                    bar.set_postfix_str(futures[fut][:30])
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+    finally:
+        bar.close()
+        for a in annotators:
+            a.llm.close()
+    for video_id, _ in mine:  # folder order, whatever order the videos finished in
+        if video_id not in outcomes:
+            continue
+        status, message = outcomes[video_id]
+        if status == "skipped":
             summary.skipped.append(video_id)
-            continue
-        if annotator is None:
-            annotator = VideoAnnotator(cfg, out, user_queries=user_queries, imported=imported)
-        try:
-            record, meta = annotator.annotate(video_id, path)
-        except BackendError as exc:  # the annotating server failed: the video is retried by the next run
-            summary.failed[video_id] = redact(str(exc))
-            summary.retry.append(video_id)
-            log.error("%s: %s", path, exc)
-            continue
-        except Exception as exc:  # a bad video or bad content must not stop a 6,700-video build
-            message = redact(str(exc) if isinstance(exc, KframesError) else f"{path}: {type(exc).__name__}: {exc}")
+        elif status == "built":
+            summary.built.append(video_id)
+        else:
             summary.failed[video_id] = message
-            atomic_write_json(failed_file(out, video_id), {"video": str(path), "error": message})
-            log.error("%s", message)
-            continue
-        atomic_write_json(target, {"record": record.model_dump(mode="json"), "meta": meta}, indent=None)
-        failed_file(out, video_id).unlink(missing_ok=True)
-        summary.built.append(video_id)
+            if status == "retry":
+                summary.retry.append(video_id)
 
-    return _collect(cfg, out, videos, summary, write_task_files=write_task_files)
-
-
-def merge_peakclips(
-    cfg: Any, *, videos_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], write_task_files: bool = True
-) -> BuildSummary:
-    """Collect what the shards of a build wrote: `peakclips.jsonl`, `summary.json`, and the task files once every
-    video of the folder is settled. Builds nothing and calls no model (the merge job of a Slurm job array)."""
-    out = Path(out_dir)
-    return _collect(cfg, out, list_videos(videos_dir), BuildSummary(out_dir=out, totals={}),
-                    write_task_files=write_task_files)
-
-
-def _collect(
-    cfg: Any, out: Path, videos: list[tuple[str, Path]], summary: BuildSummary, *, write_task_files: bool
-) -> BuildSummary:
     # Collect every finished video of the folder (other shards' included), in folder order.
     records, totals = [], {k: 0 for k in ("videos", *STAT_KEYS)}
     for video_id, _ in videos:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,13 +73,19 @@ def caption_scenes(
     frame_cache: Any,
     max_pixels: int | None = None,
 ) -> list[SceneCaption]:
-    """One caption per scene from `frames_per_scene` of its frames; all scenes of the video in one batch."""
-    requests = []
-    for s in scenes:
-        images = frame_cache.images(video_path, scene_frame_indices(s, frames_per_scene), max_pixels=max_pixels)
-        prompt = CAPTION_PROMPT.format(n=len(images), start=s.start_s, end=s.end_s)
-        requests.append(LLMRequest(prompt=prompt, images=images))
-    texts = llm.generate(requests)
+    """One caption per scene from `frames_per_scene` of its frames; all scenes of the video in one batch.
+
+    With a server (`llm.pooled`), each scene's request is sent as soon as its frames are decoded, so decoding the
+    next scene overlaps the requests in flight; the frames are decoded in scene order, walking forward through the
+    video (data_builder.video continues a keyframe group instead of seeking back).
+    """
+
+    def requests() -> Iterator[LLMRequest]:
+        for s in scenes:
+            images = frame_cache.images(video_path, scene_frame_indices(s, frames_per_scene), max_pixels=max_pixels)
+            yield LLMRequest(prompt=CAPTION_PROMPT.format(n=len(images), start=s.start_s, end=s.end_s), images=images)
+
+    texts = llm.generate(requests() if getattr(llm, "pooled", False) else list(requests()))
     return [SceneCaption(scene_index=s.index, text=t.strip()) for s, t in zip(scenes, texts, strict=True)]
 
 

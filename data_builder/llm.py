@@ -3,15 +3,19 @@
 Building PeakClips asks an MLLM tens of thousands of small questions (a caption per scene, a score per scene
 and query). Three things make that affordable and restartable:
 
-- **Batching.** `generate(requests)` takes a list: the transformers backend runs `batch_size` prompts per
-  `model.generate` call (left padding); the openai backend keeps `batch_size` HTTP requests in flight.
+- **Batching.** `generate(requests)` takes a list (or any iterable): the transformers backend runs `batch_size`
+  prompts per `model.generate` call (left padding); the openai backend keeps up to `batch_size` HTTP requests in
+  flight from ONE pool shared by every caller (`submit`), so several videos annotated at once (data_builder.build)
+  fill the same `batch_size` slots, and no request waits for a slower one of its batch: a slot is refilled as soon
+  as its answer arrives. A request produced by an iterable (caption frames decoded scene by scene) is sent as soon
+  as it is produced, so decoding overlaps the requests already in flight.
 - **Retries with backoff.** A timeout, a connection error, a 5xx/429 or a malformed body is retried
   (`backoff_s`, doubling) up to `max_retries` times, then a `BackendError` names the server and the problem.
   Other 4xx (bad model name, bad key) fail at once: retrying them only burns time.
 - **A disk cache keyed by model and prompt** (`CachedBackend`): the sha256 of the backend's identity, the
   generation settings, the text and the pixels of every image. A rerun after a crash, or a rerun with one
-  more query, pays only for what is new. Entries are written atomically, one small JSON file each, so
-  concurrent shards can share the cache.
+  more query, pays only for what is new. Entries are written atomically, one small JSON file each, as each
+  answer arrives (an interrupt loses only the requests in flight), so concurrent shards can share the cache.
 
 The API key of the openai backend is read from the environment variable named in the config; it travels
 only in the Authorization header and never appears in an error message, a log line or the cache.
@@ -25,8 +29,9 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,7 +83,14 @@ def resize_to_max_pixels(image: Any, max_pixels: int) -> Any:
 
 
 class OpenAIBackend:
-    """Chat completions over HTTP with httpx; images as base64 JPEG data URLs."""
+    """Chat completions over HTTP with httpx; images as base64 JPEG data URLs.
+
+    One pool of `batch_size` threads sends every request, whoever submits it: that is the number in flight at the
+    server. At most `queue_factor * batch_size` more wait their turn (`submit` blocks beyond that), which bounds
+    the memory of queued requests (their images) however many callers produce them.
+    """
+
+    queue_factor = 4
 
     def __init__(
         self,
@@ -110,7 +122,12 @@ class OpenAIBackend:
         if key:  # local vLLM servers usually need none
             register_secret(key)
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s))
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=batch_size, max_keepalive_connections=batch_size),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="llm")
+        self._slots = threading.BoundedSemaphore(batch_size * (1 + self.queue_factor))
 
     def _payload(self, req: LLMRequest) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -159,13 +176,23 @@ class OpenAIBackend:
             lambda: self._post_once(payload), what=self.url, max_retries=self.max_retries, backoff_s=self.backoff_s
         )
 
+    def submit(self, request: LLMRequest) -> Future[str]:
+        """Queue one request on the shared pool; blocks while the queue is full."""
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._one, request)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
     def generate(self, requests: Sequence[LLMRequest]) -> list[str]:
-        if not requests:
-            return []
-        with ThreadPoolExecutor(max_workers=min(self.batch_size, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
 
@@ -269,7 +296,10 @@ class TransformersBackend:
 class CachedBackend:
     """Wraps a backend with a disk cache keyed by model, generation settings and prompt (text + pixels).
 
-    `hits` and `misses` count lookups, so a caller (and a test) can see that a rerun paid nothing.
+    With a pooled backend (a server) every uncached request is submitted as soon as it is known, and each answer is
+    cached as it arrives; with an in-process model, requests go in chunks of its batch size, each cached when it
+    returns. `hits` and `misses` count lookups, so a caller (and a test) can see that a rerun paid nothing.
+    Thread-safe: several videos may be annotated at once.
     """
 
     def __init__(self, backend: GenerationBackend, cache_dir: str | os.PathLike[str], settings: dict[str, Any]) -> None:
@@ -279,6 +309,13 @@ class CachedBackend:
         self.settings = settings
         self.hits = 0
         self.misses = 0
+        self._count = threading.Lock()
+        self._asked: dict[str, Future[str]] = {}  # pooled: prompts in flight, shared by callers asking the same
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the backend serves requests from a shared pool (then several callers may share it)."""
+        return callable(getattr(self.backend, "submit", None))
 
     def key(self, req: LLMRequest) -> str:
         blob = json.dumps(
@@ -296,41 +333,117 @@ class CachedBackend:
     def _path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[str]:
-        keys = [self.key(r) for r in requests]
-        out: list[str | None] = [None] * len(requests)
-        todo: list[int] = []
+    def _cached(self, key: str) -> str | None:
+        p = self._path(key)
+        if not p.is_file():
+            return None
+        try:
+            text = json.loads(p.read_text(encoding="utf-8"))["text"]
+        except (ValueError, KeyError, TypeError):
+            text = None
+        if isinstance(text, str):
+            return text
+        log.warning("%s: damaged cache entry; asking again", p)  # regenerated and overwritten
+        return None
+
+    def _store(self, key: str, text: str) -> None:
+        atomic_write_json(self._path(key), {"model": self.identity, "text": text}, indent=None)
+
+    def _count_lookup(self, hit: bool) -> None:
+        with self._count:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
+    def generate(self, requests: Iterable[LLMRequest]) -> list[str]:
+        """One answer per request, in order. One generation per distinct prompt, even when a batch repeats one."""
+        if self.pooled:
+            return self._generate_pooled(requests)
+        reqs = list(requests)
+        keys = [self.key(r) for r in reqs]
+        answers: dict[str, str] = {}
+        todo: dict[str, int] = {}  # first request of each uncached prompt
         for i, k in enumerate(keys):
-            p = self._path(k)
-            if p.is_file():
-                try:
-                    text = json.loads(p.read_text(encoding="utf-8"))["text"]
-                except (ValueError, KeyError, TypeError):
-                    text = None
-                if isinstance(text, str):
-                    out[i] = text
-                    self.hits += 1
-                    continue
-                log.warning("%s: damaged cache entry; asking again", p)  # regenerated and overwritten
-            todo.append(i)
-        # One generation per distinct prompt, even when a batch repeats one.
-        first: dict[str, int] = {}
-        for i in todo:
-            first.setdefault(keys[i], i)
-        uniq = list(first.values())
-        self.misses += len(uniq)
+            if k in todo:
+                continue
+            text = answers.get(k) or self._cached(k)
+            self._count_lookup(text is not None)
+            if text is None:
+                todo[k] = i
+            else:
+                answers[k] = text
         # Chunks of the backend's batch size, each cached as soon as it returns: an interrupt loses one chunk.
         chunk = max(1, int(getattr(self.backend, "batch_size", 8)))
-        by_key: dict[str, str] = {}
-        for start in range(0, len(uniq), chunk):
-            part = uniq[start : start + chunk]
-            answers = self.backend.generate([requests[i] for i in part])
-            for i, text in zip(part, answers, strict=True):
-                atomic_write_json(self._path(keys[i]), {"model": self.identity, "text": text}, indent=None)
-                by_key[keys[i]] = text
-        for i in todo:
-            out[i] = by_key[keys[i]]
-        return [t if t is not None else "" for t in out]
+        firsts = list(todo.values())
+        for start in range(0, len(firsts), chunk):
+            part = firsts[start : start + chunk]
+            for i, text in zip(part, self.backend.generate([reqs[i] for i in part]), strict=True):
+                self._store(keys[i], text)
+                answers[keys[i]] = text
+        return [answers[k] for k in keys]
+
+    def _shared(self, key: str, req: LLMRequest) -> Future[str]:
+        """The answer to `req`: a request in flight for the same prompt (another video may have asked it a moment
+        ago), else a new one. Its answer is cached as soon as it arrives, whoever waits for it."""
+        with self._count:
+            fut = self._asked.get(key)
+            if fut is not None:
+                return fut
+            fut = self._asked[key] = Future()
+        text = self._cached(key)  # answered (and forgotten) between the caller's look in the cache and now
+        if text is not None:
+            self._settle(key, fut, None, None, text)
+            return fut
+        try:
+            sent = self.backend.submit(req)  # type: ignore[attr-defined]  # may wait for room in the queue
+        except BaseException as exc:
+            self._settle(key, fut, None, exc)
+            raise
+        sent.add_done_callback(lambda done: self._settle(key, fut, done, None))
+        return fut
+
+    def _settle(
+        self, key: str, fut: Future[str], done: Future[str] | None, error: BaseException | None, text: str | None = None
+    ) -> None:
+        if done is not None:
+            if done.cancelled():
+                error = CancelledError()
+            elif (error := done.exception()) is None:
+                text = done.result()
+                try:
+                    self._store(key, text)
+                except OSError as exc:  # the answer is still good; the next run asks again
+                    log.warning("%s: answer not cached (%s)", self._path(key), exc)
+        with self._count:
+            self._asked.pop(key, None)
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(text or "")
+
+    def _generate_pooled(self, requests: Iterable[LLMRequest]) -> list[str]:
+        keys: list[str] = []
+        answers: dict[str, str] = {}
+        pending: dict[Future[str], str] = {}
+        asked: set[str] = set()
+        for req in requests:  # an iterable is consumed as requests are sent: its work overlaps theirs
+            k = self.key(req)
+            keys.append(k)
+            if k in asked:
+                continue
+            text = answers.get(k) or self._cached(k)
+            self._count_lookup(text is not None)
+            if text is not None:
+                answers[k] = text
+                continue
+            asked.add(k)
+            pending[self._shared(k, req)] = k
+        while pending:  # the first failure raises; the others' answers are cached as they arrive all the same
+            done, _ = wait(list(pending), return_when=FIRST_EXCEPTION)
+            for fut in done:
+                answers[pending.pop(fut)] = fut.result()
+        return [answers[k] for k in keys]
 
 
 def make_llm(cfg: Any, cache_dir: str | os.PathLike[str] | None = None) -> CachedBackend:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -275,11 +276,13 @@ class EmbeddingScorer:
 
         self.model_name = model
         self.model = SentenceTransformer(model, device=device)
+        self._lock = threading.Lock()
 
     def score(self, ctx: VideoContext, queries: Sequence[Query]) -> list[ScoringResult]:
         docs = [ctx.captions.get(s.index, "") or "(no caption)" for s in ctx.scenes]
-        doc_emb = self.model.encode(docs, normalize_embeddings=True, convert_to_numpy=True)
-        q_emb = self.model.encode([query_text(q) for q in queries], normalize_embeddings=True, convert_to_numpy=True)
+        with self._lock:  # one model, videos annotated at once
+            doc_emb = self.model.encode(docs, normalize_embeddings=True, convert_to_numpy=True)
+            q_emb = self.model.encode([query_text(q) for q in queries], normalize_embeddings=True, convert_to_numpy=True)
         results = []
         for qi in range(len(queries)):
             sims = (doc_emb @ q_emb[qi]).tolist()
@@ -318,23 +321,28 @@ class SimilarityRefiner:
         self.weight = weight
         self.frames_per_scene = frames_per_scene
         self._scene_emb: dict[str, Any] = {}
+        self._lock = threading.Lock()  # videos annotated at once share the model and this cache
 
     def _scene_embeddings(self, ctx: VideoContext) -> list[Any]:
-        """Normalised embeddings of each scene's frames, computed once per video."""
-        if ctx.video_path not in self._scene_emb:
-            self._scene_emb = {ctx.video_path: [
-                self.scorer.image_embeddings(
-                    ctx.frame_cache.images(
-                        ctx.video_path, scene_frame_indices(s, self.frames_per_scene), max_pixels=ctx.max_pixels
+        """Normalised embeddings of each scene's frames, computed once per video (the last 16 videos kept)."""
+        with self._lock:
+            if ctx.video_path not in self._scene_emb:
+                self._scene_emb[ctx.video_path] = [
+                    self.scorer.image_embeddings(
+                        ctx.frame_cache.images(
+                            ctx.video_path, scene_frame_indices(s, self.frames_per_scene), max_pixels=ctx.max_pixels
+                        )
                     )
-                )
-                for s in ctx.scenes
-            ]}
-        return self._scene_emb[ctx.video_path]
+                    for s in ctx.scenes
+                ]
+                while len(self._scene_emb) > 16:
+                    self._scene_emb.pop(next(iter(self._scene_emb)))
+            return self._scene_emb[ctx.video_path]
 
     def scene_similarities(self, ctx: VideoContext, q: Query) -> dict[int, float]:
         """sim_i: the highest cosine between the query text and scene i's frames."""
-        text = self.scorer.text_embedding(query_text(q))
+        with self._lock:
+            text = self.scorer.text_embedding(query_text(q))
         return {
             s.index: float((emb @ text).max()) for s, emb in zip(ctx.scenes, self._scene_embeddings(ctx), strict=True)
         }

@@ -1,21 +1,28 @@
-"""Video decoding on decord: file metadata, frames at given indices in bounded batches, candidate frames.
+"""Video decoding: file metadata, frames at given indices in keyframe-group order, candidate frames.
 
 Everything downstream (scene segmentation, captions, SFT batches, the GRPO reward, inference, evaluation) reads
-video through this module, so three things are decided once, here:
+video through this module, so four things are decided once, here:
 
 - **Time.** A frame's time is its presentation timestamp from the stream, not `index / fps`. Variable-frame-rate
   files (phone videos, screen recordings, files with dropped frames) would otherwise drift by seconds, and every
   `<t=...s>` the selector sees, and every clip it predicts, would point at the wrong frame.
-- **Memory.** Frames are decoded only for the indices asked for, in batches; nothing holds a whole video.
-- **Size.** Frames can be resized by the decoder itself (`width=` or `max_pixels=`), which is much cheaper
-  than decoding at full resolution and resizing afterwards.
+- **Cost.** Reaching frame i means decoding from the keyframe before it. `VideoReader` decodes the frames asked for
+  in keyframe-group order with PyAV: each needed group is entered once (one seek), decoded up to the last frame
+  wanted from it, and a group that the previous request already entered is continued without a seek. That is the
+  floor for exact frames (README "## Video I/O" measures it); decord's `get_batch` costs 1.5-3x more.
+- **Memory and idleness.** Frames are decoded only for the indices asked for; nothing holds a whole video, and no
+  decoder works after a call returns. (decord's reader keeps decoding ahead on a thread after `get_batch`, growing
+  by gigabytes on long videos, until it is told `seek(0)`; decord is used here for the frame index only, and as
+  the fallback decoder for files PyAV cannot index, always followed by `seek(0)`.)
+- **Size.** Frames are resized in the conversion from the decoder's YUV (`width=` or `max_pixels=`), bilinear as
+  decord's scaler, which is much cheaper than converting at full resolution and resizing afterwards.
 
 Scene detection alone reads every frame once, in order, and needs only luma: `iter_luma_batches` is a separate
 sequential decoder for it (PyAV, luma plane only, cheaper decoding); everything else reads through `VideoReader`.
 
-Rotation: decord (>= 0.6) applies the stream's rotation side-data when decoding, so frames come out upright and
-`VideoInfo.width/height` are the displayed (rotated) size; `VideoInfo.rotation` records the rotation (degrees)
-that was applied, read with OpenCV.
+Rotation: decord (>= 0.6) applies the stream's rotation side-data when decoding, and the PyAV decoder applies the
+frame's display matrix the same way, so frames come out upright and `VideoInfo.width/height` are the displayed
+(rotated) size; `VideoInfo.rotation` records the rotation (degrees) that was applied, read with OpenCV.
 
 Bad input (a missing file, a file that is not a video, a truncated or zero-frame video, an index past the end)
 raises `pipeline.core.errors.VideoError` naming the file and the problem.
@@ -23,6 +30,8 @@ raises `pipeline.core.errors.VideoError` naming the file and the problem.
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
 import os
 import re
@@ -42,6 +51,8 @@ from pipeline.core.errors import VideoError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
 
@@ -248,11 +259,139 @@ def target_size(width: int, height: int, *, max_pixels: int | None = None, out_w
     return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
 
 
+class _NoKeyframeDecoding(Exception):
+    """The PyAV decoder cannot serve this file exactly as decord indexes it (the reader falls back to decord)."""
+
+
+class KeyframeDecoder:
+    """Exact frames of one video, decoded with PyAV in keyframe-group order: the floor for random access.
+
+    Frame i is the i-th frame in presentation order, as in decord's index (the packets' presentation timestamps,
+    sorted; `VideoReader` checks that both count the same frames). A request's frames are decoded in ascending
+    order: for each needed keyframe group the decoder seeks to its keyframe once and decodes up to the last frame
+    wanted from it, converting (and resizing) only the wanted frames. When the next wanted frame lies in the group
+    being decoded, or in the one right after it, decoding simply continues, across calls too, so a caller walking
+    forward through a video (captions scene by scene, a long read in batches) never seeks back.
+
+    The packet index is read on first use (a demux pass, no decoding). Raises `_NoKeyframeDecoding` when the file
+    is not one it can serve exactly (then nothing has been returned from it).
+    """
+
+    def __init__(self, path: Path, num_frames: int, size: tuple[int, int], *, num_threads: int = 1) -> None:
+        self.path = path
+        self.num_frames = num_frames
+        self.size = size  # (width, height) handed out, displayed orientation
+        self.num_threads = num_threads
+        self._container: Any = None
+        self._stream: Any = None
+        self._frames: Iterator[Any] | None = None  # the decode iterator, positioned after frame `_last`
+        self._last = -1
+        self._pts: np.ndarray | None = None
+        self._index: dict[int, int] = {}  # presentation timestamp -> frame index
+        self._groups: list[int] = []  # first frame index of every keyframe group, ascending
+        self.seeks = 0
+        self.decoded = 0
+
+    def _open(self) -> None:
+        import av
+
+        try:
+            with av.open(str(self.path)) as probe:
+                stream = probe.streams.video[0]
+                pts: list[int] = []
+                keys: list[int] = []
+                for packet in probe.demux(stream):
+                    if packet.size == 0:  # the demuxer's final flush packet
+                        continue
+                    if packet.pts is None:
+                        raise _NoKeyframeDecoding("packets without presentation timestamps")
+                    pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        keys.append(packet.pts)
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, IndexError, OSError) as exc:
+            raise _NoKeyframeDecoding(str(exc)) from None
+        order = np.sort(np.asarray(pts, dtype=np.int64))
+        if len(order) != self.num_frames or (len(order) > 1 and np.any(np.diff(order) == 0)):
+            container.close()
+            raise _NoKeyframeDecoding(f"{len(order)} packets with distinct times, index has {self.num_frames} frames")
+        groups = sorted({int(i) for i in np.searchsorted(order, np.asarray(keys, dtype=np.int64))} | {0})
+        stream = container.streams.video[0]
+        if self.num_threads != 1:
+            stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = self.num_threads
+        self._container, self._stream, self._pts, self._groups = container, stream, order, groups
+        self._index = {int(t): i for i, t in enumerate(order.tolist())}
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._stream = self._frames = None
+        self._last = -1
+
+    def _group_of(self, i: int) -> int:
+        return self._groups[bisect.bisect_right(self._groups, i) - 1]
+
+    def _seek(self, group: int) -> None:
+        assert self._pts is not None
+        self._container.seek(int(self._pts[group]), stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._container.decode(self._stream)
+        self._last = -1
+        self.seeks += 1
+
+    def _convert(self, frame: Any) -> np.ndarray:
+        w, h = self.size
+        turns = (int(getattr(frame, "rotation", 0) or 0) // 90) % 4  # display matrix, counter-clockwise
+        if turns % 2:
+            w, h = h, w  # resize in the stored orientation, then turn
+        if (frame.width, frame.height) == (w, h):
+            arr = frame.to_ndarray(format="rgb24")
+        else:
+            arr = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="BILINEAR")
+        return np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr
+
+    def decode(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB frames `[N, H, W, 3]` for sorted, unique, in-range `indices`."""
+        import av
+
+        if self._container is None:
+            self._open()
+        assert self._pts is not None
+        w, h = self.size
+        out = np.empty((len(indices), h, w, 3), dtype=np.uint8)
+        try:
+            for j, i in enumerate(indices):
+                group = self._group_of(i)
+                if self._frames is None or not (group - 1 <= self._last < i):
+                    self._seek(group)
+                while True:
+                    frame = next(self._frames, None) if self._frames is not None else None
+                    if frame is None:
+                        raise _NoKeyframeDecoding(f"the stream ended before frame {i}")
+                    k = self._index.get(frame.pts, -1)
+                    if k < 0:  # a frame the index does not list (no timestamp): not one anybody asked for
+                        continue
+                    self.decoded += 1
+                    self._last = k
+                    if k == i:
+                        out[j] = self._convert(frame)
+                        break
+                    if k > i:
+                        raise _NoKeyframeDecoding(f"frame {i} was not produced by the decoder")
+        except av.error.FFmpegError as exc:
+            self.close()
+            raise _NoKeyframeDecoding(str(exc)) from None
+        except _NoKeyframeDecoding:
+            self.close()
+            raise
+        return out
+
+
 class VideoReader:
-    """Frames of one video at given indices, optionally resized by the decoder.
+    """Frames of one video at given indices, decoded in keyframe-group order and optionally resized.
 
     Use as a context manager. Memory is bounded by what one call asks for (`get_frames`) or by one batch
-    (`iter_batches`); the decoder itself holds only its codec state.
+    (`iter_batches`); the decoder itself holds only its codec state, and does nothing between calls.
     """
 
     def __init__(
@@ -268,26 +407,24 @@ class VideoReader:
         if width is not None and width <= 0:
             raise VideoError(f"{path}: width must be positive, got {width}")
         self.path = Path(path)
+        self.num_threads = num_threads
         box = _container_probe(self.path)
+        vr = _open_decord(self.path)  # the frame index (presentation times); nothing is decoded
         full_w, full_h = box.width, box.height
+        if not (full_w and full_h):
+            full_h, full_w = _display_size(vr)
         resize = max_pixels is not None or width is not None
-        if resize and full_w and full_h:  # size known without decoding: open the decoder once, already scaled
-            out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width)
-            scaled = (out_w, out_h) != (full_w, full_h)
-            vr = _open_decord(self.path, width=out_w if scaled else -1, height=out_h if scaled else -1,
-                              num_threads=num_threads)
-        else:
-            vr = _open_decord(self.path, num_threads=num_threads)
-            if not (full_w and full_h):
-                full_h, full_w = _display_size(vr)
-            out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width) if resize else (full_w, full_h)
-            if (out_w, out_h) != (full_w, full_h):
-                vr = _open_decord(self.path, width=out_w, height=out_h, num_threads=num_threads)
+        out_w, out_h = target_size(full_w, full_h, max_pixels=max_pixels, out_width=width) if resize else (full_w, full_h)
         starts, end = _frame_times(vr, self.path)
         self.info: VideoInfo = _make_info(self.path, vr, starts, end, box, full_w, full_h)
         self.timestamps_s: np.ndarray = starts
         self.frame_size: tuple[int, int] = (out_w, out_h)  # (width, height) of the frames handed out
-        self._vr = vr
+        self._scaled = (out_w, out_h) != (full_w, full_h)
+        self._decoder: KeyframeDecoder | None = KeyframeDecoder(
+            self.path, self.info.num_frames, self.frame_size, num_threads=num_threads
+        )
+        self._decord: Any = None  # opened only if PyAV cannot serve the file
+        self._closed = False
 
     # -- context manager -------------------------------------------------------------------------------
     def __enter__(self) -> VideoReader:
@@ -297,7 +434,10 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
-        self._vr = None
+        if self._decoder is not None:
+            self._decoder.close()
+        self._decord = None
+        self._closed = True
 
     def __len__(self) -> int:
         return self.info.num_frames
@@ -315,22 +455,45 @@ class VideoReader:
             out.append(j)
         return out
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        """uint8 RGB frames `[N, H, W, 3]` in the order asked (duplicates allowed; decoded once each)."""
-        if self._vr is None:
-            raise VideoError(f"{self.path}: reader is closed")
-        idx = self._check_indices(indices)
-        w, h = self.frame_size
-        if not idx:
-            return np.zeros((0, h, w, 3), dtype=np.uint8)
-        uniq = sorted(set(idx))  # decord decodes forward fastest; reorder afterwards
+    def _decode_decord(self, uniq: list[int]) -> np.ndarray:
+        """The fallback decoder, stopped after every call (`seek(0)`): left alone, decord's reader keeps decoding
+        ahead on its own thread, a core busy and memory growing by gigabytes on a long video."""
+        if self._decord is None:
+            w, h = self.frame_size
+            self._decord = _open_decord(self.path, width=w if self._scaled else -1, height=h if self._scaled else -1,
+                                        num_threads=self.num_threads)
         try:
-            batch = self._vr.get_batch(uniq).asnumpy()
+            return self._decord.get_batch(uniq).asnumpy()
         except Exception as exc:  # decord raises RuntimeError/DECORDError on corrupt or truncated streams
             raise VideoError(
                 f"{self.path}: decoding frames {uniq[0]}..{uniq[-1]} failed (truncated or corrupt video?): "
                 f"{_decoder_message(exc)}"
             ) from None
+        finally:
+            try:
+                self._decord.seek(0)
+            except Exception:  # a reader that failed above may refuse to seek: it is dropped
+                self._decord = None
+
+    def _decode(self, uniq: list[int]) -> np.ndarray:
+        if self._decoder is not None:
+            try:
+                return self._decoder.decode(uniq)
+            except _NoKeyframeDecoding as exc:
+                log.debug("%s: keyframe-group decoding unavailable (%s); decoding with decord", self.path, exc)
+                self._decoder = None
+        return self._decode_decord(uniq)
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB frames `[N, H, W, 3]` in the order asked (duplicates allowed; decoded once each)."""
+        if self._closed:
+            raise VideoError(f"{self.path}: reader is closed")
+        idx = self._check_indices(indices)
+        w, h = self.frame_size
+        if not idx:
+            return np.zeros((0, h, w, 3), dtype=np.uint8)
+        uniq = sorted(set(idx))  # decoded forward, keyframe group by keyframe group; reordered afterwards
+        batch = self._decode(uniq)
         if batch.shape[0] != len(uniq):
             raise VideoError(f"{self.path}: decoder returned {batch.shape[0]} frames for {len(uniq)} indices (truncated video?)")
         if uniq == idx:
@@ -523,9 +686,11 @@ class FrameCache:
     """Decoded frames as PIL images, shared by everything that asks for the same video more than once.
 
     The GRPO reward decodes the frames of all completions of a group from one video; SFT1 has several tasks per
-    video; evaluation asks for several k of the same question. Open decoders are kept for the `max_videos` most
+    video; evaluation asks for several k of the same question. Open readers are kept for the `max_videos` most
     recently used videos (LRU), and decoded frames are kept up to `max_bytes` in total (LRU), so memory stays
-    bounded however many videos pass through. Thread-safe (one lock; decord readers are not).
+    bounded however many videos pass through: at most `max_bytes` of frames plus one decoder state per open reader
+    (a few frames at the video's size), and no reader decodes anything between calls (tests/test_video.py measures
+    CPU and memory after a request). Thread-safe (one lock; readers are not).
     """
 
     def __init__(self, max_videos: int = 8, *, max_bytes: int = 1 << 30, num_threads: int = 1) -> None:
@@ -597,6 +762,8 @@ class FrameCache:
 
     def clear(self) -> None:
         with self._lock:
+            for reader in self._readers.values():
+                reader.close()
             self._readers.clear()
             self._frames.clear()
             self._bytes = 0

@@ -1,12 +1,13 @@
-"""From task files to trainer datasets whose frames are decoded when a batch is built.
+"""From task files to trainer datasets whose frames are read (or decoded) when a batch is built.
 
 A task file line (`pipeline.core.contracts.TrainingExample`) references frames by video path and indices; its
 `messages` are already rendered by `pipeline.core.prompt.render_selector_messages` with one `{"type": "image"}`
-placeholder per frame. Storing T=256 decoded frames per example on disk would take terabytes, so the dataset
-keeps only the JSON of each example, and a `datasets` transform (`LazyFrames`) decodes the frames through
-`data_builder.video.FrameCache` when the trainer's data loader asks for a batch. The rows it returns are what
-TRL's trainers expect of a vision dataset (`images` + `messages` for SFT; a GRPO `row_fn` returns `prompt` and
-the question instead), so TRL's own collators do the tokenising and the label masking.
+placeholder per frame. The dataset keeps only the JSON of each example, and a `datasets` transform
+(`LazyFrames`) supplies the frames when the trainer's data loader asks for a batch: from the data build's frame
+store (`data_builder.frame_store`: each video's T candidates decoded once, read here without decoding) when it has
+them at the recipe's T and max_pixels, else decoded through `data_builder.video.FrameCache`. The rows it returns
+are what TRL's trainers expect of a vision dataset (`images` + `messages` for SFT; a GRPO `row_fn` returns
+`prompt` and the question instead), so TRL's own collators do the tokenising and the label masking.
 
 Both SFT and GRPO use this module: the stage supplies a `row_fn(example, images) -> dict`.
 """
@@ -15,8 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from data_builder.frame_store import FrameStore, StoredFrames, store_beside
 from data_builder.video import FrameCache, VideoTimeline, candidate_frames, uniform_indices
 from pipeline.core.contracts import ChatTurn, TrainingExample
 from pipeline.core.errors import DataError
@@ -85,12 +90,17 @@ def limit_frames(example: TrainingExample, num_candidates: int, timeline: VideoT
         return example
     if timeline is not None:
         indices, times = candidate_frames(timeline, num_candidates)
-        if indices == list(example.frame_indices):
-            return example
     else:
         keep = uniform_indices(n, num_candidates)
         indices = [example.frame_indices[i] for i in keep]
         times = [example.timestamps_s[i] for i in keep]
+    return over_frames(example, indices, times)
+
+
+def over_frames(example: TrainingExample, indices: list[int], times: list[float]) -> TrainingExample:
+    """The example with its frames replaced by `indices` (shown at `times`), the prompt's frame block re-rendered."""
+    if list(indices) == list(example.frame_indices):
+        return example
     messages = []
     for turn in example.messages:
         block = _frame_block(turn.content) if isinstance(turn.content, list) else None
@@ -115,23 +125,31 @@ def sft_row(example: TrainingExample, images: list[Any]) -> dict[str, Any]:
 
 
 class LazyFrames:
-    """A `datasets` transform: JSON-encoded examples in, rows with decoded frames out.
+    """A `datasets` transform: JSON-encoded examples in, rows with frames out.
 
-    One FrameCache per process (data loader workers each build their own on first use), so the frames of a video
-    that several examples share (SFT1 has several tasks per video) are decoded once while it stays in the cache.
+    Frames come from the frame store when it holds the example's video at this T and max_pixels (a memory-mapped
+    read: no decoding), else from one FrameCache per process (data loader workers each build their own on first
+    use), so the frames of a video that several examples share are decoded once while it stays in the cache.
+    `stats` counts examples served from the store and decoded, per process.
     """
 
     def __init__(
-        self, row_fn: RowFn, *, max_pixels: int | None, cache_size: int, num_candidates: int | None = None
+        self,
+        row_fn: RowFn,
+        *,
+        max_pixels: int | None,
+        cache_size: int,
+        num_candidates: int | None = None,
+        store_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.row_fn = row_fn
         self.max_pixels = max_pixels
         self.cache_size = cache_size
         self.num_candidates = num_candidates
+        self.store_dir = str(store_dir) if store_dir is not None else None
         self._cache: FrameCache | None = None
-
-    def _frames(self, example: TrainingExample) -> list[Any]:
-        return self.cache.images(example.video, example.frame_indices, max_pixels=self.max_pixels)
+        self._store: FrameStore | None = None
+        self.stats = {"store": 0, "decoded": 0}
 
     @property
     def cache(self) -> FrameCache:
@@ -139,18 +157,37 @@ class LazyFrames:
             self._cache = FrameCache(max_videos=max(self.cache_size, 1))
         return self._cache
 
+    def _stored(self, example: TrainingExample) -> StoredFrames | None:
+        if self.store_dir is None or self.max_pixels is None or not example.frame_indices:
+            return None
+        if self._store is None:
+            self._store = FrameStore(self.store_dir)
+        return self._store.get(example.video, self.num_candidates or len(example.frame_indices), self.max_pixels)
+
+    def row(self, example: TrainingExample) -> dict[str, Any]:
+        """The row of one example: over its video's T candidates, with their frames."""
+        from PIL import Image
+
+        stored = self._stored(example)
+        if stored is not None:
+            if self.num_candidates is not None:
+                example = over_frames(example, stored.indices, stored.timestamps_s)  # the same candidate rule
+            rows = stored.rows(list(example.frame_indices))
+            if rows is not None:
+                self.stats["store"] += 1
+                return self.row_fn(example, [Image.fromarray(np.array(stored.frames[r])) for r in rows])
+        if self.num_candidates is not None and example.frame_indices:
+            timeline = self.cache.timeline(example.video, max_pixels=self.max_pixels)
+            example = limit_frames(example, self.num_candidates, timeline)
+        self.stats["decoded"] += 1
+        return self.row_fn(example, self.cache.images(example.video, example.frame_indices, max_pixels=self.max_pixels))
+
     def __call__(self, batch: dict[str, list[str]]) -> dict[str, list[Any]]:
-        rows = []
-        for raw in batch["example"]:
-            example = TrainingExample.model_validate_json(raw)
-            if self.num_candidates is not None and example.frame_indices:
-                timeline = self.cache.timeline(example.video, max_pixels=self.max_pixels)  # the reader decodes anyway
-                example = limit_frames(example, self.num_candidates, timeline)
-            rows.append(self.row_fn(example, self._frames(example)))
+        rows = [self.row(TrainingExample.model_validate_json(raw)) for raw in batch["example"]]
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
     def __getstate__(self) -> dict[str, Any]:  # workers start with an empty cache, not a copy of decoded frames
-        return {**self.__dict__, "_cache": None}
+        return {**self.__dict__, "_cache": None, "_store": None}
 
 
 def build_dataset(
@@ -160,8 +197,10 @@ def build_dataset(
     num_candidates: int | None = None,
     max_pixels: int | None = None,
     cache_size: int = 8,
+    store_dir: str | os.PathLike[str] | None = None,
 ):
-    """A `datasets.Dataset` of the examples whose rows (`row_fn`'s keys) are built with decoded frames on access.
+    """A `datasets.Dataset` of the examples whose rows (`row_fn`'s keys) are built with their frames on access
+    (from the frame store at `store_dir` where it has them, else decoded).
 
     Train with `remove_unused_columns=False`: the stored column (`example`) is not what the trainer reads.
     """
@@ -169,13 +208,25 @@ def build_dataset(
 
     ds = Dataset.from_dict({"example": [ex.model_dump_json() for ex in examples]})
     return ds.with_transform(
-        LazyFrames(row_fn, max_pixels=max_pixels, cache_size=cache_size, num_candidates=num_candidates)
+        LazyFrames(row_fn, max_pixels=max_pixels, cache_size=cache_size, num_candidates=num_candidates,
+                   store_dir=store_dir)
     )
 
 
 def dataset_from_file(path: str, frames: Any, *, task_prefix: str, row_fn: RowFn = sft_row, require_answer: bool = True):
-    """`load_examples` + `build_dataset` with a FramesSection's T, max_pixels and cache size."""
+    """`load_examples` + `build_dataset` with a FramesSection's T, max_pixels and cache size, and the frame store
+    of the data build that wrote the task file (`frames.store`; used where it has the videos at this T and size)."""
     examples = load_examples(path, task_prefix=task_prefix, require_answer=require_answer)
     return build_dataset(
-        examples, row_fn, num_candidates=frames.num_candidates, max_pixels=frames.max_pixels, cache_size=frames.cache_size
+        examples, row_fn, num_candidates=frames.num_candidates, max_pixels=frames.max_pixels,
+        cache_size=frames.cache_size, store_dir=frame_store_for(path, frames),
     )
+
+
+def frame_store_for(task_file: str | os.PathLike[str], frames: Any) -> Path | None:
+    """The frame store beside `task_file` (written by the data build), or None if there is none or `frames.store`
+    is off."""
+    if not getattr(frames, "store", True):
+        return None
+    store = store_beside(task_file)
+    return store if store.is_dir() else None

@@ -32,7 +32,7 @@ from pipeline.core.config import GRPOConfig, GRPOSection
 from pipeline.core.contracts import TrainingExample
 from pipeline.core.errors import ConfigError, DataError
 from rewards.registry import build_rewards
-from stages.batches import build_dataset, load_examples
+from stages.batches import build_dataset, frame_store_for, load_examples
 from stages.common import run_trainer, training_args_kwargs
 
 TASK_PREFIX = "grpo."
@@ -143,8 +143,9 @@ def train(
     eval_examples = load_grpo_examples(cfg.data.eval_file) if cfg.data.eval_file else None
     f = cfg.frames
     kw = dict(num_candidates=f.num_candidates, max_pixels=f.max_pixels, cache_size=f.cache_size)
-    train_ds = build_dataset(train_examples, grpo_row, **kw)
-    eval_ds = build_dataset(eval_examples, grpo_row, **kw) if eval_examples else None
+    train_ds = build_dataset(train_examples, grpo_row, store_dir=frame_store_for(cfg.data.train_file, f), **kw)
+    eval_ds = (build_dataset(eval_examples, grpo_row, store_dir=frame_store_for(cfg.data.eval_file, f), **kw)
+               if eval_examples and cfg.data.eval_file else None)
     reward_funcs, weights, _ = build_rewards(cfg.reward, backend=backend)
     args = grpo_args(cfg, weights)
 

@@ -138,8 +138,8 @@ def test_resized_decode_and_bounded_batches(two_scenes: dict[str, Path]) -> None
     calls: list[int] = []
     with VideoReader(two_scenes[".mp4"], max_pixels=64 * 48) as reader:
         assert reader.frame_size == (64, 48) and reader.info.width == 160  # info keeps the stored size
-        real = reader._vr.get_batch
-        reader._vr.get_batch = lambda idx: (calls.append(len(idx)), real(idx))[1]
+        real = reader._decode
+        reader._decode = lambda idx: (calls.append(len(idx)), real(idx))[1]
         seen = []
         for chunk, frames in reader.iter_batches(range(0, 100, 3), batch_size=8):
             assert frames.shape == (len(chunk), 48, 64, 3)

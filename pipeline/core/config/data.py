@@ -82,6 +82,10 @@ class LLMSection(Section):
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(8, gt=0, description="prompts per generate() call (transformers) or in flight (openai)")
+    videos_in_flight: int | None = Field(
+        None, gt=0, description="openai: videos annotated at once, sharing the batch_size request slots "
+        "(None: batch_size / 4, at least 4, at most 16); transformers: always 1"
+    )
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, description="retries after a timeout, a 5xx/429 or a malformed answer")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
