@@ -409,6 +409,22 @@ def build_peakclips(
             if status == "retry":
                 summary.retry.append(video_id)
 
+    return _collect(cfg, out, videos, summary, write_task_files=write_task_files)
+
+
+def merge_peakclips(
+    cfg: Any, *, videos_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], write_task_files: bool = True
+) -> BuildSummary:
+    """Collect what the shards of a build wrote: `peakclips.jsonl`, `summary.json`, and the task files once every
+    video of the folder is settled. Builds nothing and calls no model (the merge job of a Slurm job array)."""
+    out = Path(out_dir)
+    return _collect(cfg, out, list_videos(videos_dir), BuildSummary(out_dir=out, totals={}),
+                    write_task_files=write_task_files)
+
+
+def _collect(
+    cfg: Any, out: Path, videos: list[tuple[str, Path]], summary: BuildSummary, *, write_task_files: bool
+) -> BuildSummary:
     # Collect every finished video of the folder (other shards' included), in folder order.
     records, totals = [], {k: 0 for k in ("videos", *STAT_KEYS)}
     for video_id, _ in videos:
