@@ -64,14 +64,18 @@ def _job_state(job_id: str, env: dict[str, str]) -> dict[str, str]:
 def _wait(job_id: str, env: dict[str, str], *, until: set[str], timeout_s: float = 900) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     info: dict[str, str] = {}
+    requeued_at: float | None = None
     while time.monotonic() < deadline:
         info = _job_state(job_id, env)
         if info.get("JobState") in until:
             return info
         if info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime" and info.get("Restarts") != "0":
-            # Slurm makes a requeued job wait ~2 minutes before it is eligible again; skip that wait
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env,
-                           capture_output=True, check=False)
+            # Slurm makes a requeued job wait ~2 minutes before it is eligible again; skip that wait, but only once
+            # the node has let go of the previous run (started at once, the job is killed: "credential revoked")
+            requeued_at = requeued_at or time.monotonic()
+            if time.monotonic() - requeued_at > 5:
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env,
+                               capture_output=True, check=False)
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not reach {until} in {timeout_s}s: {info.get('JobState')} "
                          f"(reason {info.get('Reason')}, dependency {info.get('Dependency')})")
