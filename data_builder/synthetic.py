@@ -17,25 +17,29 @@ Writing uses OpenCV: `.mp4` with the mp4v codec, `.avi` with MJPG. Everything is
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from pipeline.core.contracts import Query, Scene
 from pipeline.core.errors import VideoError
 
-COLORS: dict[str, tuple[int, int, int]] = {  # RGB; far apart in hue and brightness, so cuts are clear
+# RGB, far apart in hue and in luma (BT.601: 45, 61, 81, 107, 128, 150, 173, 195), so that a cut between any two is
+# clear to a detector that compares luma histograms only.
+COLORS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 30),
     "green": (30, 160, 40),
     "blue": (30, 50, 200),
     "yellow": (230, 210, 30),
-    "purple": (130, 40, 160),
+    "purple": (90, 10, 110),
     "orange": (240, 130, 20),
-    "cyan": (40, 200, 210),
-    "gray": (120, 120, 120),
+    "cyan": (60, 220, 230),
+    "gray": (128, 128, 128),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 
@@ -163,10 +167,14 @@ def write_scene_video(
     fps: float = 10,
     size: tuple[int, int] = (160, 120),
     seed: int = 0,
+    barcode: bool = True,
 ) -> list[int]:
     """Write `scenes` back to back to `path` (.mp4: mp4v, .avi: MJPG); return the cut frames (first frame of scenes 2..n).
 
     Fills in each scene's start/end frame and seconds. Frame counts are `round(duration_s * fps)` (at least 1).
+    Shapes drift at the same speed in pixels per second whatever `fps`, scaled with the frame width (at 10 fps and
+    160 pixels, up to 1.5 pixels per frame). `barcode=False` leaves the frame number out: small frames (the demo's
+    64x64) have no room for it, and the picture is then only background and shape.
     """
     import cv2
 
@@ -177,8 +185,12 @@ def write_scene_video(
     if not scenes:
         raise ValueError("write_scene_video needs at least one scene")
     width, height = size
-    if width < BARCODE_BITS * BARCODE_CELL or height < 48:
-        raise ValueError(f"size {size} too small; need at least ({BARCODE_BITS * BARCODE_CELL}, 48)")
+    if barcode and (width < BARCODE_BITS * BARCODE_CELL or height < 48):
+        raise ValueError(f"size {size} too small for the barcode; need at least ({BARCODE_BITS * BARCODE_CELL}, 48)")
+    if min(width, height) < 32:
+        raise ValueError(f"size {size} too small; need at least 32 pixels each way")
+    top = BARCODE_ROWS if barcode else 0
+    speed = (10.0 / float(fps)) * (width / 160.0)  # the default motion is defined at 10 fps and 160 pixels wide
     rng = np.random.default_rng(seed)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
@@ -197,18 +209,19 @@ def write_scene_video(
             if si > 0:
                 cuts.append(frame_no)
             r = min(width, height) // 5
-            x0, y0 = rng.uniform(r + 4, width - r - 4), rng.uniform(r + BARCODE_ROWS + 4, height - r - 4)
-            vx, vy = rng.uniform(-1.5, 1.5), rng.uniform(-1.0, 1.0)  # pixels per frame
+            x0, y0 = rng.uniform(r + 4, width - r - 4), rng.uniform(r + top + 4, height - r - 4)
+            vx, vy = rng.uniform(-1.5, 1.5) * speed, rng.uniform(-1.0, 1.0) * speed  # pixels per frame
             fg = _contrast(scene.color)
             bg = np.empty((height, width, 3), dtype=np.int16)
             bg[:] = scene.color[::-1]
             for t in range(n):
                 x = int(np.clip(x0 + vx * t, r + 2, width - r - 2))
-                y = int(np.clip(y0 + vy * t, r + BARCODE_ROWS + 2, height - r - 2))
+                y = int(np.clip(y0 + vy * t, r + top + 2, height - r - 2))
                 noisy = bg + rng.integers(-6, 7, size=bg.shape, dtype=np.int16)
                 img = np.clip(noisy, 0, 255).astype(np.uint8)
                 _draw_shape(img, scene.shape, (x, y), r, fg)
-                _draw_barcode(img, frame_no)
+                if barcode:
+                    _draw_barcode(img, frame_no)
                 writer.write(img)
                 frame_no += 1
     finally:
@@ -224,6 +237,9 @@ def _options(answer: str, pool: list[str], rng: random.Random, n: int) -> tuple[
     return opts, opts.index(answer)
 
 
+QueryStyle = Literal["pair", "per_scene"]
+
+
 def make_sample_videos(
     out_dir: str | os.PathLike[str],
     n: int,
@@ -237,21 +253,55 @@ def make_sample_videos(
     max_scene_s: float = 5.0,
     ext: str = ".mp4",
     num_options: int = 4,
+    whole_seconds: bool = False,
+    queries: QueryStyle = "pair",
+    barcode: bool = True,
+    video_s: int | None = None,
 ) -> list[SampleVideo]:
     """Write `n` videos `sample_000.mp4 ...` into `out_dir` with scenes, captions and multiple-choice queries.
 
-    Two queries per scene kind are possible; each video gets one shape query and one colour query, about two
-    different scenes when it has more than one.
+    Scene durations are drawn in [min_scene_s, max_scene_s] to 0.1 s, or as whole seconds with `whole_seconds`
+    (every scene then starts and ends on a whole second, and so do the key clips a selector must predict).
+    With `video_s` (whole seconds only) every video lasts exactly that long: its scene durations are a random split
+    of `video_s` into whole seconds within [min_scene_s, max_scene_s], so videos differ only in what is where.
+    `queries="pair"`: each video gets one shape query and one colour query, about two different scenes when it has
+    more than one. `queries="per_scene"`: one shape query per scene ("What shape is shown on the red
+    background?"), so every scene is the answer to one question.
     """
     if not 1 <= min_scenes <= max_scenes <= min(len(SHAPES), len(COLORS)):
         raise ValueError(f"need 1 <= min_scenes <= max_scenes <= {min(len(SHAPES), len(COLORS))}")
     if not 2 <= num_options <= min(len(SHAPES), len(COLORS)):
         raise ValueError(f"num_options must be in 2..{min(len(SHAPES), len(COLORS))}")
+    if whole_seconds and math.ceil(min_scene_s) > math.floor(max_scene_s):
+        raise ValueError(f"whole_seconds: no whole number of seconds in [{min_scene_s}, {max_scene_s}]")
+    lo, hi = math.ceil(min_scene_s), math.floor(max_scene_s)
+    if video_s is not None and not (whole_seconds and min_scenes * lo <= video_s <= max_scenes * hi):
+        raise ValueError(f"video_s={video_s} needs whole_seconds and {min_scenes}-{max_scenes} scenes of {lo}-{hi} s")
+    if queries not in ("pair", "per_scene"):
+        raise ValueError(f"queries must be 'pair' or 'per_scene', got {queries!r}")
     rng = random.Random(seed)
     out = Path(out_dir)
     videos: list[SampleVideo] = []
+
+    def duration() -> float:
+        if whole_seconds:
+            return float(rng.randint(lo, hi))
+        return round(rng.uniform(min_scene_s, max_scene_s), 1)
+
+    def split(total: int, k: int) -> list[float]:
+        """k whole-second durations in [lo, hi] summing to total, uniform over such splits."""
+        while True:
+            parts = [rng.randint(lo, hi) for _ in range(k - 1)]
+            last = total - sum(parts)
+            if lo <= last <= hi:
+                return [float(x) for x in [*parts, last]]
+
     for v in range(n):
-        k = rng.randint(min_scenes, max_scenes)
+        if video_s is not None:
+            k = rng.choice([m for m in range(min_scenes, max_scenes + 1) if m * lo <= video_s <= m * hi])
+            durations = split(video_s, k)
+        else:
+            k = rng.randint(min_scenes, max_scenes)
         colors = rng.sample(list(COLORS), k)
         shapes = rng.sample(list(SHAPES), k)
         scenes = [
@@ -259,27 +309,33 @@ def make_sample_videos(
                 label=f"a {'black' if _contrast(COLORS[c])[0] < 128 else 'white'} {s} on a {c} background",
                 color=COLORS[c],
                 shape=s,
-                duration_s=round(rng.uniform(min_scene_s, max_scene_s), 1),
+                duration_s=durations[i] if video_s is not None else duration(),
                 color_name=c,
             )
-            for c, s in zip(colors, shapes, strict=True)
+            for i, (c, s) in enumerate(zip(colors, shapes, strict=True))
         ]
         video_id = f"sample_{v:03d}"
         path = out / f"{video_id}{ext}"
-        cuts = write_scene_video(path, scenes, fps=fps, size=size, seed=seed * 1000 + v)
+        cuts = write_scene_video(path, scenes, fps=fps, size=size, seed=seed * 1000 + v, barcode=barcode)
         num_frames = scenes[-1].end_frame
         captions = [f"{sc.label[0].upper()}{sc.label[1:]}, moving slowly." for sc in scenes]
-        shape_scene = rng.randrange(k)
-        color_scene = rng.choice([i for i in range(k) if i != shape_scene]) if k > 1 else shape_scene
-        queries = []
-        sc = scenes[shape_scene]
-        opts, ans = _options(sc.shape, list(SHAPES), rng, num_options)
-        queries.append(SampleQuery(f"{video_id}_q0", f"What shape is shown on the {sc.color_name} background?",
-                                   opts, ans, shape_scene, sc.start_s, sc.end_s))
-        sc = scenes[color_scene]
-        opts, ans = _options(sc.color_name, list(COLORS), rng, num_options)
-        queries.append(SampleQuery(f"{video_id}_q1", f"What is the background colour when the {sc.shape} is shown?",
-                                   opts, ans, color_scene, sc.start_s, sc.end_s))
+        if queries == "per_scene":
+            qs = [_shape_query(f"{video_id}_q{i}", scenes, i, rng, num_options) for i in range(k)]
+        else:
+            shape_scene = rng.randrange(k)
+            color_scene = rng.choice([i for i in range(k) if i != shape_scene]) if k > 1 else shape_scene
+            qs = [_shape_query(f"{video_id}_q0", scenes, shape_scene, rng, num_options)]
+            sc = scenes[color_scene]
+            opts, ans = _options(sc.color_name, list(COLORS), rng, num_options)
+            qs.append(SampleQuery(f"{video_id}_q1", f"What is the background colour when the {sc.shape} is shown?",
+                                  opts, ans, color_scene, sc.start_s, sc.end_s))
         videos.append(SampleVideo(path=path, video_id=video_id, fps=float(fps), num_frames=num_frames,
-                                  scenes=scenes, captions=captions, queries=queries, cut_frames=cuts))
+                                  scenes=scenes, captions=captions, queries=qs, cut_frames=cuts))
     return videos
+
+
+def _shape_query(query_id: str, scenes: list[SyntheticScene], i: int, rng: random.Random, n: int) -> SampleQuery:
+    sc = scenes[i]
+    opts, ans = _options(sc.shape, list(SHAPES), rng, n)
+    return SampleQuery(query_id, f"What shape is shown on the {sc.color_name} background?", opts, ans, i,
+                       sc.start_s, sc.end_s)

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +121,57 @@ def _corpus(seed: int, n: int = 4000) -> list[str]:
     return lines
 
 
+# Words of the demo's generated world (data_builder.synthetic): its colours, shapes, captions and questions. The
+# demo's tokenizer is trained on them too, so that each is one token the selector can look up.
+DEMO_WORDS = (
+    "red green blue yellow purple orange cyan gray white black circle square triangle star cross diamond "
+    "shape shown background moving slowly caption mentions"
+).split()
+
+
+def _demo_corpus(seed: int, n: int = 3000) -> list[str]:
+    """The demo world's text: captions, questions with options, clip lists with whole-second times, the task
+    instructions; what the demo's selector reads and writes."""
+    rng = random.Random(seed + 1)
+    colours, shapes = DEMO_WORDS[:8], DEMO_WORDS[8:16]
+    lines = list(TASK_INSTRUCTIONS.values())
+    for _ in range(n):
+        c, s, ink = rng.choice(colours), rng.choice(shapes), rng.choice(["white", "black"])
+        start = rng.randint(0, 12)
+        end = start + rng.randint(1, 4)
+        opts = " ".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(rng.sample(shapes, 4)))
+        lines += [
+            f"A {ink} {s} on a {c} background, moving slowly.",
+            f"Query: What shape is shown on the {c} background?\nOptions: {opts}",
+            json.dumps([{"start": float(start), "end": float(end), "priority": "P1",
+                         "reason": f"caption mentions {c}, background, {s}"}]),
+            json.dumps({"start": float(start), "end": float(end)}),
+            f"{start:.1f}s to {end:.1f}s <t={start + rng.choice([0, 0.5]):.1f}s> Video length: {end:.1f}s.",
+        ]
+    return lines
+
+
+# GPT-2's pre-tokenisation pattern (what `ByteLevel(use_regex=True)` applies).
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
 def _build_tokenizer(recipe: dict[str, object]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
+    if recipe.get("number_tokens"):
+        # a decimal number ("3.0", "12.5") stays one piece, with no space glued to it, so that BPE gives each time
+        # value one token, the same in "<t=3.0s>", "3.0s to 6.0s" and '"start": 3.0'; the rest is split as GPT-2's
+        # byte-level regex splits it
+        split = Regex(rf"\d+\.\d+| (?=\d)|{_GPT2_SPLIT}")
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(split, behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=int(recipe["vocab_size"]),
@@ -136,7 +179,10 @@ def _build_tokenizer(recipe: dict[str, object]):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(int(recipe["seed"])), trainer=trainer)
+    corpus = _corpus(int(recipe["seed"]))
+    if recipe.get("corpus") == "demo":
+        corpus += _demo_corpus(int(recipe["seed"]))
+    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -146,6 +192,68 @@ def _build_tokenizer(recipe: dict[str, object]):
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def mimetic_init(model: Any, *, qk: Sequence[float], vo: Sequence[float]) -> None:
+    """Mimetic initialisation of the language model's attention (Trockman & Kolter, ICML 2023).
+
+    Per head, W_Q^T W_K is set to a rank-head_dim factorisation of `qk[0] * Z + qk[1] * I` and the layer's summed
+    W_O W_V to `vo[0] * Z + vo[1] * I` (Z: Gaussian noise of variance 1/width). Heads then start by attending to
+    tokens that resemble the query token and by passing on what they read, which is what a trained transformer's
+    lookup-and-copy heads do; from the default small random weights a small transformer takes thousands of steps to
+    find that circuit (a long loss plateau), with these it starts near it. Uses torch's global RNG (seeded by the
+    caller), so the same recipe gives the same weights.
+    """
+    import torch
+
+    text = model.config.text_config
+    width, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
+    head_dim = width // heads
+    eye = torch.eye(width)
+
+    def factors(alpha: float, beta: float) -> tuple[Any, Any, Any]:
+        u, s, vh = torch.linalg.svd(alpha * torch.randn(width, width) / width**0.5 + beta * eye)
+        return u, s.sqrt(), vh
+
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            attn = layer.self_attn
+            for h in range(heads):  # query head h reads key head h // (heads // kv_heads), as GQA does
+                u, root, vh = factors(*qk)
+                rows = slice(h * head_dim, (h + 1) * head_dim)
+                attn.q_proj.weight[rows] = (u[:, :head_dim] * root[:head_dim]).T
+                if h % (heads // kv_heads) == 0:
+                    kv_rows = slice((h // (heads // kv_heads)) * head_dim, (h // (heads // kv_heads) + 1) * head_dim)
+                    attn.k_proj.weight[kv_rows] = root[:head_dim, None] * vh[:head_dim]
+            u, root, vh = factors(*vo)  # W_O W_V over all heads: the product is exactly vo[0] Z + vo[1] I
+            for g in range(kv_heads):
+                cols = slice(g * head_dim, (g + 1) * head_dim)
+                attn.v_proj.weight[cols] = root[cols, None] * vh[cols]
+                for h in range(g * (heads // kv_heads), (g + 1) * (heads // kv_heads)):
+                    attn.o_proj.weight[:, h * head_dim : (h + 1) * head_dim] = (
+                        u[:, cols] * root[cols] / (heads // kv_heads)
+                    )
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                if proj.bias is not None:
+                    proj.bias.zero_()
+
+
+def _attention_layout(recipe: dict[str, object]) -> dict[str, object]:
+    """Text-config fields for `recipe["sliding_window"]` (tokens) on the first `recipe["local_layers"]` layers.
+
+    Local layers see only the last few tokens, as Qwen2's sliding-window layers do: there a frame's image tokens can
+    only read the timestamp just before them, and the answer only the request just before it, so the model does not
+    have to find those links among hundreds of tokens first; the layers above attend to everything."""
+    window, local = recipe.get("sliding_window"), int(recipe.get("local_layers", 0) or 0)
+    if not window or not local:
+        return {}
+    layers = int(recipe["num_hidden_layers"])
+    return {
+        "use_sliding_window": True,
+        "sliding_window": int(window),
+        "max_window_layers": local,
+        "layer_types": ["sliding_attention"] * local + ["full_attention"] * (layers - local),
+    }
 
 
 def _build(recipe: dict[str, object], out_dir: Path) -> None:
@@ -180,6 +288,7 @@ def _build(recipe: dict[str, object], out_dir: Path) -> None:
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
             "tie_word_embeddings": True,
+            **_attention_layout(recipe),
         },
         vision_config={
             "depth": int(recipe["vision_depth"]),
@@ -201,6 +310,8 @@ def _build(recipe: dict[str, object], out_dir: Path) -> None:
     )
     torch.manual_seed(int(recipe["seed"]))
     model = Qwen2_5_VLForConditionalGeneration(config)
+    if recipe.get("mimetic_init"):
+        mimetic_init(model, **dict(recipe["mimetic_init"]))  # type: ignore[arg-type]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
@@ -227,6 +338,27 @@ def _build(recipe: dict[str, object], out_dir: Path) -> None:
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     (out_dir / "kframes_tiny_recipe.json").write_text(json.dumps(recipe, indent=2))
+
+
+# The demo's selector (configs/demo/*.yaml, `make demo`): the tiny model's architecture, scaled up to what a
+# transformer needs to learn a lookup-and-copy (find the frames the query names, copy their timestamps) in minutes
+# on a CPU: 4 layers of width 192, a vision tower of width 64, a tokenizer that also knows the demo world's words.
+# Frames of 56x56 pixels give 4 tokens each after the 2x2 merge: enough to tell the scenes' colours apart.
+DEMO_RECIPE: dict[str, object] = {
+    **TINY_RECIPE,
+    "version": 2,
+    "corpus": "demo",
+    "number_tokens": True,
+    "hidden_size": 192,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 6,
+    "vision_depth": 1,
+    "vision_hidden_size": 64,
+    "vision_intermediate_size": 128,
+    "vision_num_heads": 2,
+}
 
 
 def default_cache_dir() -> Path:
@@ -281,6 +413,15 @@ def build_tiny_model(cache_dir: str | os.PathLike[str] | None = None, recipe: di
     recipe = dict(TINY_RECIPE if recipe is None else recipe)
     return build_once(
         "tiny-qwen2_5_vl", recipe, lambda folder: _build(recipe, folder),
+        marker="kframes_tiny_recipe.json", cache_dir=cache_dir,
+    )
+
+
+def build_demo_model(cache_dir: str | os.PathLike[str] | None = None, recipe: dict[str, object] | None = None) -> Path:
+    """Build (once) and return the folder of the demo's selector (`DEMO_RECIPE`, random weights). No network."""
+    recipe = dict(DEMO_RECIPE if recipe is None else recipe)
+    return build_once(
+        "demo-qwen2_5_vl", recipe, lambda folder: _build(recipe, folder),
         marker="kframes_tiny_recipe.json", cache_dir=cache_dir,
     )
 

@@ -1,87 +1,124 @@
-"""`kframes demo`: the whole pipeline on generated videos with a tiny local model, and a report on what it did.
+"""`kframes demo`: the curriculum on generated videos, measured on held-out ones, in minutes on a CPU.
 
-The demo runs `configs/pipeline/demo.yaml` (sample videos of distinct coloured-shape scenes, PeakClips from
-their captions with the model-free lexical relevance scorer, SFT1 -> SFT2 -> GRPO for a few steps on the tiny
-Qwen2.5-VL, frame selection for queries of held-out videos, evaluation) and writes `<out>/report.md`:
+The demo runs a pipeline config (`configs/pipeline/demo.yaml`: sample videos whose scenes each have a distinct
+background colour and shape, PeakClips from their captions with the model-free lexical relevance scorer, SFT1 ->
+SFT2 -> GRPO on the demo selector `pipeline.core.models.DEMO_RECIPE`, frame selection for the questions of
+held-out videos), then:
 
-- each stage's wall time (from the pipeline's stage records);
-- the selector's **hit rate** on the held-out queries against uniform sampling with the same k: the fraction
-  of chosen frames that fall inside the scene that answers the query, and the fraction of queries whose
-  answer scene got at least one frame (the generator knows each answer's true time span);
-- a contact sheet of the frames chosen for each held-out query, with their timestamps and clip priorities.
+- trains the ablation the paper reports, SFT2 alone (the SFT2 recipe from the untrained model), into
+  `<out>/ablation/sft2_only`, and lets it and the SFT1 -> SFT2 model select frames for the same held-out questions
+  as the full curriculum (the pipeline's select stage);
+- measures each against uniform sampling at the same k (pipeline.orchestration.demo_measure): frame hit rate,
+  scene recall, fallback rate, and the accuracy of a downstream reader that sees only the chosen frames
+  (data_builder.scene_oracle);
+- writes `<out>/report.md` (tables, targets met or not, stage times, contact sheets), `<out>/learning_curves.png`
+  (SFT losses, GRPO rewards), `<out>/demo_results.json` and `<out>/hit_rates.json`.
 
-The tiny model has random weights and trains for seconds, so its numbers say that the machinery runs end
-to end, not that K-frames works; the report says so. A rerun skips the finished stages (same rules as
-`kframes run`), so it only recomputes the report.
+The selector writes its JSON itself (no constrained decoding); parsing, sampling and the reward are the code users
+run. GRPO's downstream model is the same reader: the reward `oracle_logprob` registered here is
+`rewards.downstream.DownstreamLogprobReward` with the reader as its backend (the tiny MLLM that could be built
+locally has random weights, so its answers would carry no reward). A rerun skips what is done (same rules as
+`kframes run`) and measures again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_builder.video import FrameCache, VideoReader, uniform_indices
+from data_builder.scene_oracle import SceneOracle
+from data_builder.video import FrameCache
 from pipeline.core.contracts import KeyClip
+from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_write_json, atomic_write_text, iter_jsonl
 from pipeline.inference.contact_sheet import clips_summary, priorities_from_allocations, write_contact_sheet
-from pipeline.orchestration.orchestrate import load_pipeline, run_pipeline
-from pipeline.orchestration.select_stage import SELECTIONS_FILE
+from pipeline.orchestration.demo_measure import DownstreamJudge, measure, span_hits, uniform_times
+from pipeline.orchestration.demo_report import log_history, plot_learning_curves, render_report
+from pipeline.orchestration.orchestrate import Plan, load_pipeline, run_pipeline
+from pipeline.orchestration.select_stage import SELECTIONS_FILE, heldout_questions, run_select_stage
+from rewards.context import RewardContext
+from rewards.downstream import DownstreamLogprobReward
+from rewards.registry import REWARDS
+
+__all__ = ["DEFAULT_CONFIG", "ORACLE_REWARD", "run_demo", "span_hits", "uniform_times"]
 
 DEFAULT_CONFIG = "configs/pipeline/demo.yaml"
+ABLATION_DIR = "ablation"
+ORACLE_REWARD = "oracle_logprob"
 
 
-def span_hits(times_s: Sequence[float], span: Sequence[float]) -> tuple[float, bool]:
-    """(fraction of frames whose time lies in [start, end), whether at least one does)."""
-    start, end = float(span[0]), float(span[1])
-    inside = [start <= t < end for t in times_s]
-    return (sum(inside) / len(inside) if inside else 0.0), any(inside)
+def make_oracle_reward(ctx: RewardContext) -> DownstreamLogprobReward:
+    """The downstream log-prob reward with the generated world's reader (SceneOracle) as the downstream model."""
+    return DownstreamLogprobReward(RewardContext(cfg=ctx.cfg, backend=SceneOracle(), max_videos=ctx.max_videos))
 
 
-def uniform_times(video: str, k: int) -> tuple[list[int], list[float]]:
-    """The uniform baseline's frames and their presentation times (same decoder as the selector's)."""
-    with VideoReader(video) as reader:
-        idx = uniform_indices(reader.info.num_frames, k)
-        return idx, [float(reader.timestamps_s[i]) for i in idx]
+# A reward by name for GRPO recipes (`reward.weights: {oracle_logprob: 1.0, ...}`); every `kframes` command imports
+# this module, so `kframes run` and `kframes train grpo` resolve the name as the demo does.
+REWARDS.setdefault(ORACLE_REWARD, make_oracle_reward)
 
 
-def hit_rates(selections: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per question and overall: the selector's frame hit rate and scene recall against uniform sampling."""
-    rows = []
-    for rec in selections:
-        span = rec.get("answer_span_s")
-        if not span:
-            continue
-        k = len(rec["indices"])
-        _, u_times = uniform_times(rec["video"], k)
-        sel_frac, sel_any = span_hits(rec["timestamps_s"], span)
-        uni_frac, uni_any = span_hits(u_times, span)
-        rows.append(
-            {
-                "question_id": rec["question_id"],
-                "question": rec["question"],
-                "span": span,
-                "k": k,
-                "selector_frac": sel_frac,
-                "selector_hit": sel_any,
-                "uniform_frac": uni_frac,
-                "uniform_hit": uni_any,
-                "fallback": bool(rec.get("fallback")),
-                "clips": rec.get("clips") or [],
-            }
-        )
-    n = len(rows)
-    mean = lambda key: (sum(float(r[key]) for r in rows) / n) if n else None
-    return {
-        "questions": n,
-        "selector_frame_hit_rate": mean("selector_frac"),
-        "uniform_frame_hit_rate": mean("uniform_frac"),
-        "selector_scene_recall": mean("selector_hit"),
-        "uniform_scene_recall": mean("uniform_hit"),
-        "fallback_rate": mean("fallback"),
-        "rows": rows,
-    }
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train_sft2_only(plan: Plan, *, force: bool = False) -> tuple[Path, bool, float]:
+    """SFT2's recipe from the untrained model (no SFT1): (final folder, whether it trained now, seconds).
+
+    The run is keyed like any stage (stages.common.run_trainer): a finished one with the same config and data is
+    kept, a changed one is trained again."""
+    from stages.manifest import config_hash, data_fingerprint, read_manifest
+    from stages.registry import train_stage
+
+    base = plan.configs["sft2"]
+    cfg = type(base).model_validate(
+        {**base.model_dump(), "init_from": None, "output_dir": str(plan.root / ABLATION_DIR / "sft2_only")}
+    )
+    final = Path(cfg.output_dir) / "final"
+    done = read_manifest(final)
+    files = {"train": cfg.data.train_file, "eval": cfg.data.eval_file}
+    fresh = force or done is None or done.config_hash != config_hash(cfg.model_dump(mode="json")) or (
+        done.data_fingerprint != data_fingerprint(files)
+    )
+    t0 = time.perf_counter()
+    final = train_stage("sft2", cfg, resume=not force)
+    return final, fresh, time.perf_counter() - t0
+
+
+def select_with(plan: Plan, name: str, model_dir: Path, questions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Frames for every held-out question from the selector in `model_dir`, journaled under `<out>/ablation/<name>`.
+
+    The journal is keyed by the model's manifest, the select settings and the questions: when any of them changes,
+    the previous selections (written here, by this function) are discarded."""
+    from stages.manifest import read_manifest
+
+    out = plan.root / ABLATION_DIR / name / "select"
+    manifest = read_manifest(model_dir)
+    key = _sha(
+        {
+            "model": None if manifest is None else [manifest.config_hash, manifest.data_fingerprint, manifest.global_step],
+            "select": plan.pipe.select.model_dump(mode="json"),
+            "questions": questions,
+        }
+    )
+    key_file = out / "key.json"
+    if key_file.is_file() and json.loads(key_file.read_text()).get("key") != key:
+        for stale in (SELECTIONS_FILE, "questions.jsonl", "key.json"):
+            (out / stale).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(key_file, {"key": key, "model": str(model_dir)})
+    run_select_stage(
+        plan.pipe.select,
+        questions,
+        out=out,
+        questions_file=out / "questions.jsonl",
+        model_dir=model_dir,
+        frames=plan.configs["grpo"].frames,
+    )
+    return [obj for _, obj in iter_jsonl(out / SELECTIONS_FILE)]
 
 
 def write_sheets(selections: list[dict[str, Any]], out_dir: Path, max_sheets: int = 6) -> list[Path]:
@@ -108,99 +145,67 @@ def write_sheets(selections: list[dict[str, Any]], out_dir: Path, max_sheets: in
     return paths
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def render_report(plan: Any, hits: dict[str, Any], sheets: list[Path], total_s: float) -> str:
-    out = plan.root
-    lines = [
-        "# kframes demo",
-        "",
-        (
-            f"The whole K-frames pipeline ran on {plan.pipe.samples.train_videos} generated training videos and "
-            f"{plan.pipe.samples.heldout_videos} held-out ones, with a tiny Qwen2.5-VL built locally (random "
-            "weights, no downloads). Every number below measures the machinery, not K-frames: a random model "
-            "trained for seconds has not learned to find scenes. With a real selector "
-            "(configs/pipeline/qwen2_5_vl_3b.yaml) the same report is what to look at."
-        ),
-        "",
-        "## Stages",
-        "",
-        "| stage | state | time | output |",
-        "|---|---|---:|---|",
-    ]
-    for stage in plan.stages:
-        rec = plan.read_record(stage)
-        if rec is None:
-            lines.append(f"| {stage} | not run | - | - |")
-            continue
-        secs = rec.seconds if rec.seconds is not None else rec.seconds_total
-        main = Path(next(iter(rec.outputs.values()), "-"))
-        shown = main.relative_to(out) if main.is_relative_to(out) else main
-        lines.append(f"| {stage} | {rec.status} | {secs:.1f}s | `{shown}` |")
-    lines += [
-        "",
-        f"Total wall time of this invocation: {total_s:.1f}s (finished stages are skipped on a rerun).",
-        "",
-        f"## Held-out queries: selector vs. uniform (k = {plan.pipe.select.k})",
-        "",
-        (
-            "Frame hit rate: share of the chosen frames inside the scene that answers the query. Scene recall: "
-            "share of queries whose answer scene got at least one frame. Fallback: the selector's output had no "
-            "valid clip, so the sampler used uniform frames."
-        ),
-        "",
-        "| frames from | frame hit rate | scene recall |",
-        "|---|---:|---:|",
-        f"| K-frames selector | {_pct(hits['selector_frame_hit_rate'])} | {_pct(hits['selector_scene_recall'])} |",
-        f"| uniform | {_pct(hits['uniform_frame_hit_rate'])} | {_pct(hits['uniform_scene_recall'])} |",
-        "",
-        f"{hits['questions']} questions; selector fell back to uniform on {_pct(hits['fallback_rate'])} of them.",
-        "",
-        "| question | answer scene | selector hits | uniform hits | predicted clips |",
-        "|---|---|---:|---:|---|",
-    ]
-    for r in hits["rows"]:
-        clips = ", ".join(f"{c['priority']} {c['start_s']:.1f}-{c['end_s']:.1f}s" for c in r["clips"]) or "none"
-        lines.append(
-            f"| {r['question']} | {r['span'][0]:.1f}-{r['span'][1]:.1f}s | {_pct(r['selector_frac'])} | "
-            f"{_pct(r['uniform_frac'])} | {clips}{' (fallback)' if r['fallback'] else ''} |"
-        )
-    if sheets:
-        lines += ["", "## Contact sheets", ""]
-        for p in sheets:
-            rel = p.relative_to(out)
-            lines += [f"![{p.stem}]({rel})", ""]
-    eval_report = plan.stage_dir("eval") / "report.md"
-    if eval_report.is_file():
-        rel = eval_report.relative_to(out)
-        lines += ["## Evaluation (downstream accuracy, tiny model)", "", f"See [{rel}]({rel}).", ""]
-    return "\n".join(lines) + "\n"
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "rows"}
 
 
 def run_demo(
     out: str | Path = "demo_out", *, config: str = DEFAULT_CONFIG, force: bool = False, overrides: Sequence[str] = ()
 ) -> Path:
-    """Run the demo pipeline into `out` and write `out/report.md`; returns the report's path.
+    """Run the demo pipeline and its ablation into `out`, measure them, write `out/report.md`; returns its path.
 
     `overrides` are `kframes run --set` items (`sft2:train.max_steps=8`), applied after `output_dir=out`."""
     t0 = time.perf_counter()
     plan = load_pipeline(config, [f"output_dir={out}", *overrides])
     if plan.pipe.samples is None:
-        from pipeline.core.errors import ConfigError
-
         raise ConfigError(f"{config}: the demo needs a `samples` section (it scores frames against known scenes)")
 
-    def show(outcome) -> None:
-        print(f"[kframes demo] {outcome.describe()}", flush=True)
+    def show(line: str) -> None:
+        print(f"[kframes demo] {line}", flush=True)
 
-    run_pipeline(plan, force=force, on_outcome=show)
-    selections = [obj for _, obj in iter_jsonl(plan.stage_dir("select") / SELECTIONS_FILE)]
-    hits = hit_rates(selections)
+    run_pipeline(plan, force=force, on_outcome=lambda outcome: show(outcome.describe()))
+    sft2_only, trained, secs = train_sft2_only(plan, force=force)
+    show(f"{'sft2 alone':<7} {'ran' if trained else 'skipped':<8} {secs:>8.1f}s  (ablation: SFT2 without SFT1)")
+
+    questions = heldout_questions(
+        plan.pipe.select, samples_dir=plan.samples_dir, grpo_val_tasks=plan.tasks_file("grpo", "val")
+    )
+    judge = DownstreamJudge(max_pixels=plan.configs["grpo"].reward.downstream.max_pixels)
+    t1 = time.perf_counter()
+    full = [obj for _, obj in iter_jsonl(plan.stage_dir("select") / SELECTIONS_FILE)]
+    rows = [
+        ("SFT2 only", select_with(plan, "sft2_only", sft2_only, questions)),
+        ("SFT1 + SFT2", select_with(plan, "sft1_sft2", plan.stage_dir("sft2") / "final", questions)),
+        ("SFT1 + SFT2 + GRPO", full),
+    ]
+    ablation = [(label, measure(sel, judge)) for label, sel in rows]
+    headline = ablation[-1][1]
+    show(f"{'measure':<7} {'ran':<8} {time.perf_counter() - t1:>8.1f}s  ({len(questions)} held-out questions)")
+
     root = Path(out)
-    sheets = write_sheets(selections, root)
-    atomic_write_json(root / "hit_rates.json", {k: v for k, v in hits.items()})
+    reward_names = list(plan.configs["grpo"].reward.weights)
+    curves = plot_learning_curves(
+        root / "learning_curves.png",
+        {
+            "SFT1": log_history(plan.stage_dir("sft1")),
+            "SFT2 after SFT1": log_history(plan.stage_dir("sft2")),
+            "SFT2 alone": log_history(sft2_only.parent),
+        },
+        log_history(plan.stage_dir("grpo")),
+        ["reward", *(f"rewards/{n}/mean" for n in reward_names)],
+    )
+    sheets = write_sheets(full, root)
+    atomic_write_json(root / "hit_rates.json", headline)
+    atomic_write_json(
+        root / "demo_results.json",
+        {"k": plan.pipe.select.k, "headline": _summary(headline),
+         "ablation": [{"training": label, **_summary(res)} for label, res in ablation]},
+    )
+    extra = [("sft2 alone", "done", secs if trained else None, str(sft2_only.relative_to(root)))]
     report = root / "report.md"
-    atomic_write_text(report, render_report(plan, hits, sheets, time.perf_counter() - t0))
+    atomic_write_text(
+        report,
+        render_report(plan, ablation=ablation, headline=headline, curves=curves, sheets=sheets, extra_stages=extra,
+                      total_s=time.perf_counter() - t0),
+    )
     return report

@@ -1,0 +1,135 @@
+"""The demo's world and measurements: generated videos with whole-second scenes, the frame reader that stands in for
+the downstream model (and gives GRPO its reward), and the hit-rate / accuracy bookkeeping of the report.
+
+The learning check itself (a shortened `make demo` that must beat uniform sampling on held-out videos) is in
+tests/test_demo_learning.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from data_builder.scene_oracle import SceneOracle, answered_correctly
+from data_builder.synthetic import COLORS, make_sample_videos
+from data_builder.video import FrameCache, VideoReader
+from pipeline.core.config import load_recipe
+from pipeline.orchestration.demo_measure import DownstreamJudge, measure, span_hits
+
+ROOT = Path(__file__).resolve().parents[1]
+# The demo's world, as configs/pipeline/demo.yaml generates it.
+WORLD = dict(fps=1, size=(64, 64), min_scene_s=2, max_scene_s=3, whole_seconds=True, queries="per_scene", barcode=False)
+
+
+@pytest.fixture(scope="module")
+def demo_videos(tmp_path_factory: pytest.TempPathFactory):
+    return make_sample_videos(tmp_path_factory.mktemp("demo_world"), 4, seed=3, min_scenes=3, max_scenes=3, **WORLD)
+
+
+def test_demo_world_has_whole_second_scenes_and_a_question_per_scene(demo_videos) -> None:
+    for video in demo_videos:
+        assert all(s.start_s == int(s.start_s) and s.end_s == int(s.end_s) for s in video.scenes)
+        assert all(2 <= s.end_s - s.start_s <= 3 for s in video.scenes)
+        assert len({s.color_name for s in video.scenes}) == len({s.shape for s in video.scenes}) == 3
+        assert [q.scene_index for q in video.queries] == [0, 1, 2]
+        for q in video.queries:
+            scene = video.scenes[q.scene_index]
+            assert q.text == f"What shape is shown on the {scene.color_name} background?"
+            assert q.options[q.answer] == scene.shape and (q.start_s, q.end_s) == (scene.start_s, scene.end_s)
+        with VideoReader(video.path) as reader:
+            assert (reader.info.width, reader.info.height) == (64, 64)
+            assert reader.info.num_frames == video.num_frames == int(video.duration_s)
+
+
+def test_demo_scene_detector_finds_every_generated_cut(demo_videos) -> None:
+    """The data stage's scene settings (configs/demo/data.yaml) recover the generator's scenes exactly: the clip
+    targets of SFT2 are only right if they do (scenes of two frames, colours told apart by luma alone)."""
+    from data_builder.scenes import segment_video
+
+    cfg = load_recipe("data", ROOT / "configs/demo/data.yaml")
+    for video in demo_videos:
+        found = segment_video(str(video.path), cfg.scenes).scenes
+        assert [(s.start_frame, s.end_frame) for s in found] == [(s.start_frame, s.end_frame) for s in video.scenes]
+
+
+def test_palette_is_far_apart_in_luma() -> None:
+    luma = sorted(0.299 * r + 0.587 * g + 0.114 * b for r, g, b in COLORS.values())
+    assert min(b - a for a, b in zip(luma, luma[1:])) >= 15
+
+
+@pytest.mark.parametrize("world", ["demo", "default"])
+def test_oracle_reads_background_and_shape(tmp_path: Path, world: str) -> None:
+    kwargs = WORLD if world == "demo" else {}  # default: 160x120 at 10 fps, with the frame-number barcode
+    videos = make_sample_videos(tmp_path, 2, seed=5, min_scenes=3, max_scenes=4, **kwargs)
+    oracle, cache = SceneOracle(), FrameCache(max_videos=1)
+    reads = right = 0
+    for video in videos:
+        for scene in video.scenes:
+            frames = list(range(scene.start_frame, scene.end_frame, max(1, (scene.end_frame - scene.start_frame) // 3)))
+            for image in cache.images(video.path, frames, max_pixels=3136):
+                reads += 1
+                right += oracle.read(image) == (scene.color_name, scene.shape)
+    assert right / reads >= 0.9
+
+
+def test_oracle_answers_only_from_evidence_frames(demo_videos) -> None:
+    video = demo_videos[0]
+    oracle, cache = SceneOracle(strength=4.0), FrameCache(max_videos=1)
+    for q in video.queries:
+        scene = video.scenes[q.scene_index]
+        inside = cache.images(video.path, list(range(scene.start_frame, scene.end_frame)))
+        outside = cache.images(video.path, [i for i in range(video.num_frames) if not scene.start_frame <= i < scene.end_frame])
+        lp_in = oracle.option_logprobs([_Req(inside, q.text, q.options)])[0]
+        assert answered_correctly(lp_in, q.answer)
+        assert math.isclose(math.exp(lp_in[q.answer]), math.exp(4) / (math.exp(4) + 3), rel_tol=1e-6)
+        lp_out = oracle.option_logprobs([_Req(outside, q.text, q.options)])[0]
+        assert max(lp_out) == min(lp_out) and not answered_correctly(lp_out, q.answer)  # no evidence: a tie
+
+
+class _Req:
+    def __init__(self, images, question, options) -> None:
+        self.images, self.question, self.options = images, question, options
+
+
+def test_oracle_reward_prefers_clips_on_the_answer_scene(demo_videos) -> None:
+    """`oracle_logprob` is the users' downstream log-prob reward (parser, sampler, tanh of the log-odds) with the
+    reader as its backend; the demo's GRPO recipe names it."""
+    import pipeline.orchestration.demo  # noqa: F401  (registers the reward)
+    from pipeline.core.config import RewardSection
+    from rewards.registry import build_rewards
+
+    video = demo_videos[1]
+    q = video.queries[2]
+    scene, other = video.scenes[q.scene_index], video.scenes[0]
+    funcs, weights, _ = build_rewards(RewardSection(weights={"oracle_logprob": 1.0}, k=2, tau=1.0))
+    clip = '[{{"start": {:.1f}, "end": {:.1f}, "priority": "P1", "reason": "x"}}]'
+    completions = [clip.format(scene.start_s, scene.end_s), clip.format(other.start_s, other.end_s), "no clips"]
+    n = len(completions)
+    rewards = funcs[0]([None] * n, completions, video=[str(video.path)] * n, question=[q.text] * n,
+                       options=[q.options] * n, answer=[q.answer] * n)
+    assert rewards[0] == pytest.approx(math.tanh(4.0)) and rewards[1] == pytest.approx(0.0)
+    assert rewards[1] <= rewards[2] < rewards[0]  # unparseable: uniform frames, which may catch the scene
+
+
+def test_measure_counts_hits_fallbacks_and_answers(demo_videos) -> None:
+    video = demo_videos[2]
+    records = []
+    for q in video.queries:
+        scene = video.scenes[q.scene_index]
+        idx = list(range(scene.start_frame, scene.end_frame))[:2]
+        records.append({"question_id": q.query_id, "question": q.text, "options": q.options, "answer": q.answer,
+                        "video": str(video.path), "answer_span_s": [q.start_s, q.end_s], "indices": idx,
+                        "timestamps_s": [float(i) for i in idx], "fallback": False, "clips": []})
+    records[0]["fallback"] = True
+    res = measure(records, DownstreamJudge(max_pixels=4096))
+    assert res["questions"] == 3 and res["selector_frame_hit_rate"] == 1.0 and res["selector_scene_recall"] == 1.0
+    assert res["fallback_rate"] == pytest.approx(1 / 3) and res["selector_accuracy"] == 1.0
+    assert res["uniform_frame_hit_rate"] < 1.0
+    assert 0.0 <= res["uniform_accuracy"] <= 1.0
+
+
+def test_span_hits() -> None:
+    assert span_hits([0.5, 1.0, 2.0, 3.0], [1.0, 3.0]) == (0.5, True)  # [start, end): 1.0 in, 3.0 out
+    assert span_hits([0.0, 5.0], [1.0, 3.0]) == (0.0, False)
