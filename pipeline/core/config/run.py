@@ -29,6 +29,9 @@ class SamplesSection(Section):
     min_scene_s: float = Field(2.0, gt=0)
     max_scene_s: float = Field(5.0, gt=0)
     whole_seconds: bool = Field(False, description="scene durations in whole seconds (clip bounds on whole seconds)")
+    video_s: int | None = Field(
+        None, gt=0, description="every video this long (whole seconds): scene durations split it (needs whole_seconds)"
+    )
     queries: Literal["pair", "per_scene"] = Field(
         "pair", description="pair: a shape and a colour query per video; per_scene: a shape query about every scene"
     )
