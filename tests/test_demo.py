@@ -20,20 +20,22 @@ from pipeline.orchestration.demo_measure import DownstreamJudge, measure, span_h
 
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's world, as configs/pipeline/demo.yaml generates it.
-WORLD = dict(fps=1, size=(64, 64), min_scene_s=2, max_scene_s=3, whole_seconds=True, queries="per_scene", barcode=False)
+WORLD = dict(fps=1, size=(64, 64), min_scenes=4, max_scenes=4, min_scene_s=1, max_scene_s=3, whole_seconds=True,
+             video_s=8, queries="per_scene", barcode=False)
 
 
 @pytest.fixture(scope="module")
 def demo_videos(tmp_path_factory: pytest.TempPathFactory):
-    return make_sample_videos(tmp_path_factory.mktemp("demo_world"), 4, seed=3, min_scenes=3, max_scenes=3, **WORLD)
+    return make_sample_videos(tmp_path_factory.mktemp("demo_world"), 4, seed=3, **WORLD)
 
 
 def test_demo_world_has_whole_second_scenes_and_a_question_per_scene(demo_videos) -> None:
+    assert len({tuple(s.end_s for s in v.scenes) for v in demo_videos}) > 1  # the cuts move from video to video
     for video in demo_videos:
         assert all(s.start_s == int(s.start_s) and s.end_s == int(s.end_s) for s in video.scenes)
-        assert all(2 <= s.end_s - s.start_s <= 3 for s in video.scenes)
-        assert len({s.color_name for s in video.scenes}) == len({s.shape for s in video.scenes}) == 3
-        assert [q.scene_index for q in video.queries] == [0, 1, 2]
+        assert all(1 <= s.end_s - s.start_s <= 3 for s in video.scenes) and video.duration_s == 8
+        assert len({s.color_name for s in video.scenes}) == len({s.shape for s in video.scenes}) == 4
+        assert [q.scene_index for q in video.queries] == [0, 1, 2, 3]
         for q in video.queries:
             scene = video.scenes[q.scene_index]
             assert q.text == f"What shape is shown on the {scene.color_name} background?"
@@ -61,8 +63,8 @@ def test_palette_is_far_apart_in_luma() -> None:
 
 @pytest.mark.parametrize("world", ["demo", "default"])
 def test_oracle_reads_background_and_shape(tmp_path: Path, world: str) -> None:
-    kwargs = WORLD if world == "demo" else {}  # default: 160x120 at 10 fps, with the frame-number barcode
-    videos = make_sample_videos(tmp_path, 2, seed=5, min_scenes=3, max_scenes=4, **kwargs)
+    kwargs = WORLD if world == "demo" else {"min_scenes": 3, "max_scenes": 4}  # default: 160x120, 10 fps, barcode
+    videos = make_sample_videos(tmp_path, 2, seed=5, **kwargs)
     oracle, cache = SceneOracle(), FrameCache(max_videos=1)
     reads = right = 0
     for video in videos:
@@ -100,9 +102,11 @@ def test_oracle_reward_prefers_clips_on_the_answer_scene(demo_videos) -> None:
     from pipeline.core.config import RewardSection
     from rewards.registry import build_rewards
 
-    video = demo_videos[1]
-    q = video.queries[2]
-    scene, other = video.scenes[q.scene_index], video.scenes[0]
+    # a video with two scenes of at least 2 s: k = 2 frames fit in either clip
+    video, (i, j) = next((v, [n for n, sc in enumerate(v.scenes) if sc.end_s - sc.start_s >= 2][:2]) for v in demo_videos
+                         if sum(sc.end_s - sc.start_s >= 2 for sc in v.scenes) >= 2)
+    q = video.queries[i]
+    scene, other = video.scenes[i], video.scenes[j]
     funcs, weights, _ = build_rewards(RewardSection(weights={"oracle_logprob": 1.0}, k=2, tau=1.0))
     clip = '[{{"start": {:.1f}, "end": {:.1f}, "priority": "P1", "reason": "x"}}]'
     completions = [clip.format(scene.start_s, scene.end_s), clip.format(other.start_s, other.end_s), "no clips"]
@@ -124,8 +128,8 @@ def test_measure_counts_hits_fallbacks_and_answers(demo_videos) -> None:
                         "timestamps_s": [float(i) for i in idx], "fallback": False, "clips": []})
     records[0]["fallback"] = True
     res = measure(records, DownstreamJudge(max_pixels=4096))
-    assert res["questions"] == 3 and res["selector_frame_hit_rate"] == 1.0 and res["selector_scene_recall"] == 1.0
-    assert res["fallback_rate"] == pytest.approx(1 / 3) and res["selector_accuracy"] == 1.0
+    assert res["questions"] == 4 and res["selector_frame_hit_rate"] == 1.0 and res["selector_scene_recall"] == 1.0
+    assert res["fallback_rate"] == pytest.approx(1 / 4) and res["selector_accuracy"] == 1.0
     assert res["uniform_frame_hit_rate"] < 1.0
     assert 0.0 <= res["uniform_accuracy"] <= 1.0
 

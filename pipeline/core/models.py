@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,68 +194,6 @@ def _build_tokenizer(recipe: dict[str, object]):
     return fast
 
 
-def mimetic_init(model: Any, *, qk: Sequence[float], vo: Sequence[float]) -> None:
-    """Mimetic initialisation of the language model's attention (Trockman & Kolter, ICML 2023).
-
-    Per head, W_Q^T W_K is set to a rank-head_dim factorisation of `qk[0] * Z + qk[1] * I` and the layer's summed
-    W_O W_V to `vo[0] * Z + vo[1] * I` (Z: Gaussian noise of variance 1/width). Heads then start by attending to
-    tokens that resemble the query token and by passing on what they read, which is what a trained transformer's
-    lookup-and-copy heads do; from the default small random weights a small transformer takes thousands of steps to
-    find that circuit (a long loss plateau), with these it starts near it. Uses torch's global RNG (seeded by the
-    caller), so the same recipe gives the same weights.
-    """
-    import torch
-
-    text = model.config.text_config
-    width, heads, kv_heads = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
-    head_dim = width // heads
-    eye = torch.eye(width)
-
-    def factors(alpha: float, beta: float) -> tuple[Any, Any, Any]:
-        u, s, vh = torch.linalg.svd(alpha * torch.randn(width, width) / width**0.5 + beta * eye)
-        return u, s.sqrt(), vh
-
-    with torch.no_grad():
-        for layer in model.model.language_model.layers:
-            attn = layer.self_attn
-            for h in range(heads):  # query head h reads key head h // (heads // kv_heads), as GQA does
-                u, root, vh = factors(*qk)
-                rows = slice(h * head_dim, (h + 1) * head_dim)
-                attn.q_proj.weight[rows] = (u[:, :head_dim] * root[:head_dim]).T
-                if h % (heads // kv_heads) == 0:
-                    kv_rows = slice((h // (heads // kv_heads)) * head_dim, (h // (heads // kv_heads) + 1) * head_dim)
-                    attn.k_proj.weight[kv_rows] = root[:head_dim, None] * vh[:head_dim]
-            u, root, vh = factors(*vo)  # W_O W_V over all heads: the product is exactly vo[0] Z + vo[1] I
-            for g in range(kv_heads):
-                cols = slice(g * head_dim, (g + 1) * head_dim)
-                attn.v_proj.weight[cols] = root[cols, None] * vh[cols]
-                for h in range(g * (heads // kv_heads), (g + 1) * (heads // kv_heads)):
-                    attn.o_proj.weight[:, h * head_dim : (h + 1) * head_dim] = (
-                        u[:, cols] * root[cols] / (heads // kv_heads)
-                    )
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                if proj.bias is not None:
-                    proj.bias.zero_()
-
-
-def _attention_layout(recipe: dict[str, object]) -> dict[str, object]:
-    """Text-config fields for `recipe["sliding_window"]` (tokens) on the first `recipe["local_layers"]` layers.
-
-    Local layers see only the last few tokens, as Qwen2's sliding-window layers do: there a frame's image tokens can
-    only read the timestamp just before them, and the answer only the request just before it, so the model does not
-    have to find those links among hundreds of tokens first; the layers above attend to everything."""
-    window, local = recipe.get("sliding_window"), int(recipe.get("local_layers", 0) or 0)
-    if not window or not local:
-        return {}
-    layers = int(recipe["num_hidden_layers"])
-    return {
-        "use_sliding_window": True,
-        "sliding_window": int(window),
-        "max_window_layers": local,
-        "layer_types": ["sliding_attention"] * local + ["full_attention"] * (layers - local),
-    }
-
-
 def _build(recipe: dict[str, object], out_dir: Path) -> None:
     import torch
     from transformers import (
@@ -288,7 +226,6 @@ def _build(recipe: dict[str, object], out_dir: Path) -> None:
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
             "tie_word_embeddings": True,
-            **_attention_layout(recipe),
         },
         vision_config={
             "depth": int(recipe["vision_depth"]),
@@ -310,8 +247,6 @@ def _build(recipe: dict[str, object], out_dir: Path) -> None:
     )
     torch.manual_seed(int(recipe["seed"]))
     model = Qwen2_5_VLForConditionalGeneration(config)
-    if recipe.get("mimetic_init"):
-        mimetic_init(model, **dict(recipe["mimetic_init"]))  # type: ignore[arg-type]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.do_sample = False
