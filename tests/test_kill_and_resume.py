@@ -135,10 +135,12 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights
 def _questions(built: Path, path: Path) -> Path:
     """The held-out sample questions as a select batch and as eval questions."""
     qs = [json.loads(line) for line in (built / "samples" / "heldout.jsonl").read_text().splitlines()]
-    qs = (qs * 4)[:6]  # enough items that a kill lands between two of them
+    # distinct items (each question at k = 1..8), so that a kill lands between two of them
+    items = [(q, k) for k in range(1, 9) for q in qs][:12]
     with path.open("w") as fh:
-        for i, q in enumerate(qs):
-            fh.write(json.dumps({"id": f"q{i}", "video": q["video"], "query": q["question"], "options": q["options"]}) + "\n")
+        for i, (q, k) in enumerate(items):
+            fh.write(json.dumps({"id": f"q{i}", "video": q["video"], "query": q["question"], "options": q["options"],
+                                 "k": k}) + "\n")
     return path
 
 

@@ -255,8 +255,9 @@ def _cmd_select_batch(args: argparse.Namespace) -> int:
         journal = Journal(partial, ("key",))
         done.update({r["key"]: r for r in journal.records.values() if isinstance(r.get("key"), str)})
         todo = list({it["key"]: it for it in reversed(items) if it["key"] not in done}.values())[::-1]
-        if len(todo) < len(items):
-            print(f"kframes select: resuming, {len(items) - len(todo)} of {len(items)} already done", file=sys.stderr)
+        already = sum(it["key"] in done for it in items)
+        if already:
+            print(f"kframes select: resuming, {already} of {len(items)} already done", file=sys.stderr)
         sheets = Path(args.sheet) if args.sheet else None
         failed: dict[str, str] = {}
         if todo:
