@@ -135,12 +135,13 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights
 def _questions(built: Path, path: Path) -> Path:
     """The held-out sample questions as a select batch and as eval questions."""
     qs = [json.loads(line) for line in (built / "samples" / "heldout.jsonl").read_text().splitlines()]
-    # distinct items (each question at k = 1..8), so that a kill lands between two of them
-    items = [(q, k) for k in range(1, 9) for q in qs][:12]
+    # 192 distinct items (each question reworded, at k = 1..8): seconds of work even on a fast machine, so that the
+    # interruption lands between two of them rather than after the last
+    items = [(q, k, n) for n in range(24) for k in range(1, 9) for q in qs][:192]
     with path.open("w") as fh:
-        for i, (q, k) in enumerate(items):
-            fh.write(json.dumps({"id": f"q{i}", "video": q["video"], "query": q["question"], "options": q["options"],
-                                 "k": k}) + "\n")
+        for i, (q, k, n) in enumerate(items):
+            fh.write(json.dumps({"id": f"q{i}", "video": q["video"], "query": f"{q['question']} (asked {n + 1}x)",
+                                 "options": q["options"], "k": k}) + "\n")
     return path
 
 
