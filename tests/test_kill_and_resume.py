@@ -163,10 +163,12 @@ def test_select_batch_interrupted_by_ctrl_c_resumes_to_the_same_selections(built
 
 def test_eval_killed_resumes_to_the_same_results(built: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     questions = tmp_path / "questions.jsonl"
-    with questions.open("w") as fh:
+    with questions.open("w") as fh:  # each question 8 times under its own id: enough work to be killed mid-run
         for line in (built / "samples" / "heldout.jsonl").read_text().splitlines():
             q = json.loads(line)
-            fh.write(json.dumps({k: q[k] for k in ("question_id", "video", "question", "options", "answer")}) + "\n")
+            for n in range(8):
+                rec = {k: q[k] for k in ("video", "question", "options", "answer")}
+                fh.write(json.dumps({"question_id": f"{q['question_id']}-{n}", **rec}) + "\n")
     args = ["eval", "--config", "configs/eval/tiny.yaml", "--data", str(questions), "--set", "selectors=[{name: uniform}, "
             "{name: kframes, model: tiny, num_candidates: 8, max_new_tokens: 16}]", "--set", "k=[2, 4, 8]"]
     env = _env(tiny_model_dir)
