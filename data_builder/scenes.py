@@ -148,6 +148,11 @@ def _small(batch: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def tracks_dissolves(cfg: ScenesSection) -> bool:
+    """Whether the histogram pass follows dissolves itself (twin comparison), which wants noise-averaged frames."""
+    return cfg.gradual in ("dissolve", "fade+dissolve")
+
+
 def frame_signals(batches: Iterable[np.ndarray], cfg: ScenesSection, *, span: int = 0) -> FrameSignals:
     """One streaming pass over frame batches: the histogram-difference curve, the luma curve (and with `span` K > 0
     the difference to the frame K back and small luma thumbnails, for the hybrid's doubts).
@@ -167,7 +172,7 @@ def frame_signals(batches: Iterable[np.ndarray], cfg: ScenesSection, *, span: in
     carry = np.zeros((0, cfg.bins), np.float32)  # the last `keep` histograms of the previous batches
     run_start = -1  # first frame of an open twin-comparison run
     run_base = None  # histogram of the frame before it
-    track = cfg.gradual in ("dissolve", "fade+dissolve")
+    track = tracks_dissolves(cfg)
     centres = (np.arange(cfg.bins, dtype=np.float64) + 0.5) * (256.0 / cfg.bins)  # luma at each bin's centre
     i = 0  # index of the batch's first frame
     for batch in batches:
@@ -344,7 +349,7 @@ def histogram_boundaries(sig: FrameSignals, times: np.ndarray, cfg: ScenesSectio
     bounds = list(cuts)
     if cfg.gradual in ("fade", "fade+dissolve"):
         bounds += fade_boundaries(sig, cuts, times, cfg)
-    if dissolves and cfg.gradual in ("dissolve", "fade+dissolve"):
+    if dissolves and tracks_dissolves(cfg):
         taken = {b.frame for b in bounds}
         bounds += [b for b in dissolve_boundaries(sig, cfg) if all(abs(b.frame - f) > NEAR for f in taken)]
     return bounds
@@ -508,7 +513,7 @@ def _fast_signals(p: Path, cfg: ScenesSection, total: int | None, progress: bool
         return None
     try:
         lumas = iter_luma_batches(p, cfg.downscale_width, cfg.batch_size, num_threads=cfg.num_threads,
-                                  skip_loop_filter=cfg.skip_loop_filter)
+                                  skip_loop_filter=cfg.skip_loop_filter, smooth=tracks_dissolves(cfg))
         return frame_signals(_with_progress(lumas, total or 0, p.name, progress), cfg, span=span)
     except AnalysisDecodeError:
         return None
