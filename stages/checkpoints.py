@@ -96,13 +96,33 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def checkpoint_run_key(path: str | os.PathLike[str]) -> str | None:
+    """The run key a complete checkpoint was saved under (None: no marker, or a marker written without one)."""
+    try:
+        key = json.loads((Path(path) / COMPLETE_MARKER).read_text()).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def foreign_checkpoints(output_dir: str | os.PathLike[str], run_key: str) -> list[Path]:
+    """Complete checkpoints under `output_dir` saved by another run (another config, data or starting model)."""
+    return [p for p in list_checkpoints(output_dir)
+            if is_complete_checkpoint(p) and checkpoint_run_key(p) not in (None, run_key)]
+
+
 class CompleteCheckpointCallback(TrainerCallback):
     """Marks `checkpoint-STEP` complete once every rank has saved its part of it.
 
     The Trainer fires `on_save` after `_save_checkpoint` returns on each rank; a barrier makes sure all ranks (each
     writes its own RNG state and, under DeepSpeed, its optimizer shard) are done before the main process writes the
-    marker. Works for GRPO and SFT alike: it only looks at `args.output_dir` and `state.global_step`.
+    marker. Works for GRPO and SFT alike: it only looks at `args.output_dir` and `state.global_step`. The marker
+    records `run_key` (what determines the run: config, data, starting model), so that a checkpoint is only ever
+    resumed by the run that saved it.
     """
+
+    def __init__(self, run_key: str | None = None) -> None:
+        self.run_key = run_key
 
     def on_save(self, args, state, control, **kwargs):
         _barrier()
@@ -113,7 +133,8 @@ class CompleteCheckpointCallback(TrainerCallback):
                          for p in sorted(folder.rglob("*")) if p.is_file()}
                 atomic_write_json(
                     folder / COMPLETE_MARKER,
-                    {"step": state.global_step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": sizes},
+                    {"step": state.global_step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_key": self.run_key,
+                     "files": sizes},
                 )
             else:  # never mark something the Trainer did not finish writing
                 logger.warning("on_save for step %d but %s has no trainer_state.json", state.global_step, folder)

@@ -23,6 +23,7 @@ usually as a call to `run_trainer` with a function that builds its trainer:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import GRPO_ENDPOINT_FIELDS
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import OutputLock, file_digests
 from stages.checkpoints import (
@@ -37,6 +39,7 @@ from stages.checkpoints import (
     CompleteCheckpointCallback,
     discard_incomplete_checkpoints,
     find_resume_checkpoint,
+    foreign_checkpoints,
     list_checkpoints,
     restore_weights_with_key_conversion,
 )
@@ -217,6 +220,26 @@ def save_final(trainer: Any, processor: Any, cfg: Any, manifest: StageManifest, 
     return final
 
 
+def run_key(config: dict[str, Any], fingerprint: str, init_manifest: StageManifest | None) -> str:
+    """What a training run's result depends on: its config (less the server addresses), its data and, after another
+    stage, that stage's finished model (its config, data and step). A checkpoint is resumed only under the same key."""
+    import copy
+    import hashlib
+
+    config = copy.deepcopy(config)
+    for dotted in GRPO_ENDPOINT_FIELDS:
+        *parents, leaf = dotted.split(".")
+        section = config
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+    start = None if init_manifest is None else [init_manifest.config_hash, init_manifest.data_fingerprint,
+                                                 init_manifest.global_step]
+    blob = json.dumps({"config": config, "data": fingerprint, "init": start}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
 def run_trainer(
     stage: str,
     cfg: Any,
@@ -254,6 +277,16 @@ def run_trainer(
                     return final
                 logger.warning("%s: %s does not match what was saved (%s); training it again", stage, final,
                                "; ".join(damaged[:3]))
+        started_from = resolve_model_path(cfg.model.name_or_path, cfg.init_from)
+        init_manifest = read_manifest(started_from) if cfg.init_from else None
+        key = run_key(config, fingerprint, init_manifest)
+        foreign = foreign_checkpoints(out, key) if resume else []
+        if foreign:  # refused before anything in the folder is touched
+            raise ConfigError(
+                f"output_dir: {out}: {foreign[-1].name} was saved by a run with another config, data or starting "
+                "model, so resuming it would not give this run's result; rerun with --no-resume to start over there "
+                "(its checkpoints and final model are removed), or set another output_dir"
+            )
         if state.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             if resume:
@@ -264,14 +297,11 @@ def run_trainer(
         checkpoint = find_resume_checkpoint(out) if resume else None
         if checkpoint:
             logger.info("%s: resuming from %s", stage, checkpoint)
-
-        started_from = resolve_model_path(cfg.model.name_or_path, cfg.init_from)
-        init_manifest = read_manifest(started_from) if cfg.init_from else None
         # Before the model loads: an example that max_length would cut fails here, not on the first batch.
         check_before_training(cfg, load_processor(started_from, cfg.frames), started_from)
         model, processor = load_model_and_processor(cfg, model_path=started_from)
         counts = parameter_counts(model)
-        trainer = make_trainer(model, processor, [CompleteCheckpointCallback(), FiniteLossCallback(), *callbacks])
+        trainer = make_trainer(model, processor, [CompleteCheckpointCallback(key), FiniteLossCallback(), *callbacks])
         restore_weights_with_key_conversion(trainer)
 
         result = trainer.train(resume_from_checkpoint=checkpoint)

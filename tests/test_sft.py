@@ -304,6 +304,11 @@ def test_killed_run_resumes_from_newest_complete_checkpoint(task_files, tmp_path
     (half / ("adapter_model.safetensors" if lora else "model.safetensors")).write_bytes(b"truncated")
     (half / "trainer_state.json").write_text('{"global_step": 4')
     assert find_resume_checkpoint(out) == str(out / "checkpoint-2")
+    # another recipe into the same folder does not continue this run's checkpoint as if it were its own
+    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"learning_rate": 2 * cfg.train.learning_rate})})
+    with pytest.raises(ConfigError, match=r"checkpoint-2 was saved by a run with another config.*--no-resume"):
+        train_stage("sft2", changed)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # nothing removed
 
     final = train_stage("sft2", cfg)
     resumed = read_manifest(final)
@@ -382,6 +387,38 @@ def test_resume_point_is_the_newest_complete_checkpoint(tmp_path):
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert discard_incomplete_checkpoints(tmp_path) == [tmp_path / "checkpoint-10"]
     assert find_resume_checkpoint(tmp_path / "missing") is None
+
+
+def test_checkpoints_of_another_run_are_told_apart_by_their_run_key(tmp_path):
+    from types import SimpleNamespace
+
+    from stages.checkpoints import CompleteCheckpointCallback, checkpoint_run_key, foreign_checkpoints
+
+    for step, key in ((2, "run-a"), (4, "run-b"), (6, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=step, is_world_process_zero=True)
+        CompleteCheckpointCallback(key).on_save(args, state, None)
+    assert [checkpoint_run_key(tmp_path / f"checkpoint-{s}") for s in (2, 4, 6)] == ["run-a", "run-b", None]
+    assert foreign_checkpoints(tmp_path, "run-a") == [tmp_path / "checkpoint-4"]  # no key: written before keys
+
+
+def test_run_key_follows_config_data_and_starting_model_but_not_server_addresses():
+    from stages.common import run_key
+    from stages.manifest import StageManifest
+
+    config = {"train": {"learning_rate": 1e-3}, "reward": {"downstream": {"url": "http://node-a:8000/v1"}},
+              "grpo": {"vllm_server_url": None}}
+    base = run_key(config, "data-1", None)
+    moved = {**config, "reward": {"downstream": {"url": "http://node-b:9000/v1"}}, "grpo": {"vllm_server_url": "x"}}
+    assert run_key(moved, "data-1", None) == base  # a requeue on another node resumes
+    assert run_key({**config, "train": {"learning_rate": 2e-3}}, "data-1", None) != base
+    assert run_key(config, "data-2", None) != base
+    sft1 = StageManifest(stage="sft1", started_from="demo", base_model="demo", config={}, config_hash="c",
+                         data_fingerprint="d", global_step=10)
+    assert run_key(config, "data-1", sft1) != base
+    assert run_key(config, "data-1", sft1.model_copy(update={"global_step": 20})) != run_key(config, "data-1", sft1)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from data_builder.build import build_peakclips
 from pipeline.core.config import (
+    GRPO_ENDPOINT_FIELDS,
     STAGES,
     TRAIN_STAGES,
     PipelineConfig,
@@ -68,7 +69,7 @@ SHARDS_DIR = "shards"  # select and eval run as job arrays: one folder per shard
 # server's address from Slurm (another node after a requeue, a per-task port) resumes instead of starting over.
 ENDPOINT_FIELDS: dict[str, tuple[str, ...]] = {
     "data": ("llm.base_url",),
-    "grpo": ("reward.downstream.url", "grpo.vllm_server_url"),
+    "grpo": GRPO_ENDPOINT_FIELDS,
     "eval": ("downstream.url",),
 }
 

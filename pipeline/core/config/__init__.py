@@ -60,9 +60,10 @@ from pipeline.core.config.run import (
     SlurmStageSection,
     SlurmVLLMSection,
 )
-from pipeline.core.config.train import GRPOConfig, GRPOSection, RewardSection, SFTConfig, TrainConfig, TrainSection
+from pipeline.core.config.train import GRPO_ENDPOINT_FIELDS, GRPOConfig, GRPOSection, RewardSection, SFTConfig, TrainConfig, TrainSection
 
 __all__ = [
+    "GRPO_ENDPOINT_FIELDS",
     "RECIPE_STAGES", "SAMPLER_MODES", "STAGES", "TRAIN_STAGES", "Dtype", "RecipeStage", "SamplerMode", "Section",
     "Stage", "TrainStage", "finite_float", "positive_int", "DownstreamSection", "SamplerSection", "FramesSection", "LoraSection", "ModelSection", "TaskFilesSection",
     "CaptionsSection", "ClipsSection", "DataConfig", "LLMSection", "QueriesSection", "RelevanceSection",

@@ -91,6 +91,11 @@ class GRPOSection(Section):
     log_completions: bool = False
 
 
+# Where GRPO finds its servers, not what it computes: left out of every key that decides whether a run resumes, so
+# that a job requeued on another node (another address) resumes instead of starting over.
+GRPO_ENDPOINT_FIELDS: tuple[str, ...] = ("reward.downstream.url", "grpo.vllm_server_url")
+
+
 class GRPOConfig(TrainConfig):
     stage: Literal["grpo"] = "grpo"
     train: TrainSection = Field(default_factory=lambda: TrainSection(learning_rate=1e-6))
