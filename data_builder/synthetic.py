@@ -237,7 +237,7 @@ def _options(answer: str, pool: list[str], rng: random.Random, n: int) -> tuple[
     return opts, opts.index(answer)
 
 
-QueryStyle = Literal["pair", "per_scene"]
+QueryStyle = Literal["pair", "per_scene", "landmark"]
 
 
 def make_sample_videos(
@@ -257,6 +257,7 @@ def make_sample_videos(
     queries: QueryStyle = "pair",
     barcode: bool = True,
     video_s: int | None = None,
+    landmark_color: str = "red",
 ) -> list[SampleVideo]:
     """Write `n` videos `sample_000.mp4 ...` into `out_dir` with scenes, captions and multiple-choice queries.
 
@@ -266,7 +267,9 @@ def make_sample_videos(
     of `video_s` into whole seconds within [min_scene_s, max_scene_s], so videos differ only in what is where.
     `queries="pair"`: each video gets one shape query and one colour query, about two different scenes when it has
     more than one. `queries="per_scene"`: one shape query per scene ("What shape is shown on the red
-    background?"), so every scene is the answer to one question.
+    background?"), so every scene is the answer to one question. `queries="landmark"`: every video has one scene on
+    the `landmark_color` background, wherever the draw puts it, and one question about it ("What shape is shown on the
+    red background?"): the question is always the same, the place and the answer are not.
     """
     if not 1 <= min_scenes <= max_scenes <= min(len(SHAPES), len(COLORS)):
         raise ValueError(f"need 1 <= min_scenes <= max_scenes <= {min(len(SHAPES), len(COLORS))}")
@@ -277,8 +280,10 @@ def make_sample_videos(
     lo, hi = math.ceil(min_scene_s), math.floor(max_scene_s)
     if video_s is not None and not (whole_seconds and min_scenes * lo <= video_s <= max_scenes * hi):
         raise ValueError(f"video_s={video_s} needs whole_seconds and {min_scenes}-{max_scenes} scenes of {lo}-{hi} s")
-    if queries not in ("pair", "per_scene"):
-        raise ValueError(f"queries must be 'pair' or 'per_scene', got {queries!r}")
+    if queries not in ("pair", "per_scene", "landmark"):
+        raise ValueError(f"queries must be 'pair', 'per_scene' or 'landmark', got {queries!r}")
+    if landmark_color not in COLORS:
+        raise ValueError(f"landmark_color must be one of {', '.join(COLORS)}, got {landmark_color!r}")
     rng = random.Random(seed)
     out = Path(out_dir)
     videos: list[SampleVideo] = []
@@ -302,7 +307,12 @@ def make_sample_videos(
             durations = split(video_s, k)
         else:
             k = rng.randint(min_scenes, max_scenes)
-        colors = rng.sample(list(COLORS), k)
+        if queries == "landmark":
+            colors = rng.sample([c for c in COLORS if c != landmark_color], k)
+            landmark = rng.randrange(k)
+            colors[landmark] = landmark_color
+        else:
+            colors = rng.sample(list(COLORS), k)
         shapes = rng.sample(list(SHAPES), k)
         scenes = [
             SyntheticScene(
@@ -321,6 +331,8 @@ def make_sample_videos(
         captions = [f"{sc.label[0].upper()}{sc.label[1:]}, moving slowly." for sc in scenes]
         if queries == "per_scene":
             qs = [_shape_query(f"{video_id}_q{i}", scenes, i, rng, num_options) for i in range(k)]
+        elif queries == "landmark":
+            qs = [_shape_query(f"{video_id}_q0", scenes, landmark, rng, num_options)]
         else:
             shape_scene = rng.randrange(k)
             color_scene = rng.choice([i for i in range(k) if i != shape_scene]) if k > 1 else shape_scene

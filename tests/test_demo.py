@@ -21,25 +21,27 @@ from pipeline.orchestration.demo_measure import DownstreamJudge, measure, span_h
 ROOT = Path(__file__).resolve().parents[1]
 # The demo's world, as configs/pipeline/demo.yaml generates it.
 WORLD = dict(fps=1, size=(64, 64), min_scenes=4, max_scenes=4, min_scene_s=1, max_scene_s=3, whole_seconds=True,
-             video_s=8, queries="per_scene", barcode=False)
+             video_s=8, queries="landmark", landmark_color="red", barcode=False)
 
 
 @pytest.fixture(scope="module")
 def demo_videos(tmp_path_factory: pytest.TempPathFactory):
-    return make_sample_videos(tmp_path_factory.mktemp("demo_world"), 4, seed=3, **WORLD)
+    return make_sample_videos(tmp_path_factory.mktemp("demo_world"), 8, seed=3, **WORLD)
 
 
-def test_demo_world_has_whole_second_scenes_and_a_question_per_scene(demo_videos) -> None:
+def test_demo_world_has_whole_second_scenes_and_one_red_scene_asked_about(demo_videos) -> None:
     assert len({tuple(s.end_s for s in v.scenes) for v in demo_videos}) > 1  # the cuts move from video to video
+    assert len({v.queries[0].scene_index for v in demo_videos}) > 2  # and so does the red scene
+    assert len({v.queries[0].options[v.queries[0].answer] for v in demo_videos}) > 2  # and its shape
     for video in demo_videos:
         assert all(s.start_s == int(s.start_s) and s.end_s == int(s.end_s) for s in video.scenes)
         assert all(1 <= s.end_s - s.start_s <= 3 for s in video.scenes) and video.duration_s == 8
         assert len({s.color_name for s in video.scenes}) == len({s.shape for s in video.scenes}) == 4
-        assert [q.scene_index for q in video.queries] == [0, 1, 2, 3]
-        for q in video.queries:
-            scene = video.scenes[q.scene_index]
-            assert q.text == f"What shape is shown on the {scene.color_name} background?"
-            assert q.options[q.answer] == scene.shape and (q.start_s, q.end_s) == (scene.start_s, scene.end_s)
+        assert [s.color_name for s in video.scenes].count("red") == 1
+        (q,) = video.queries
+        scene = video.scenes[q.scene_index]
+        assert scene.color_name == "red" and q.text == "What shape is shown on the red background?"
+        assert q.options[q.answer] == scene.shape and (q.start_s, q.end_s) == (scene.start_s, scene.end_s)
         with VideoReader(video.path) as reader:
             assert (reader.info.width, reader.info.height) == (64, 64)
             assert reader.info.num_frames == video.num_frames == int(video.duration_s)
@@ -102,11 +104,14 @@ def test_oracle_reward_prefers_clips_on_the_answer_scene(demo_videos) -> None:
     from pipeline.core.config import RewardSection
     from rewards.registry import build_rewards
 
-    # a video with two scenes of at least 2 s: k = 2 frames fit in either clip
-    video, (i, j) = next((v, [n for n, sc in enumerate(v.scenes) if sc.end_s - sc.start_s >= 2][:2]) for v in demo_videos
-                         if sum(sc.end_s - sc.start_s >= 2 for sc in v.scenes) >= 2)
-    q = video.queries[i]
-    scene, other = video.scenes[i], video.scenes[j]
+    # a video whose red scene and another scene last at least 2 s: k = 2 frames fit in either clip
+    def long(sc) -> bool:
+        return sc.end_s - sc.start_s >= 2
+
+    video = next(v for v in demo_videos if long(v.scenes[v.queries[0].scene_index]) and sum(map(long, v.scenes)) >= 2)
+    q = video.queries[0]
+    scene = video.scenes[q.scene_index]
+    other = next(sc for n, sc in enumerate(video.scenes) if n != q.scene_index and long(sc))
     funcs, weights, _ = build_rewards(RewardSection(weights={"oracle_logprob": 1.0}, k=2, tau=1.0))
     clip = '[{{"start": {:.1f}, "end": {:.1f}, "priority": "P1", "reason": "x"}}]'
     completions = [clip.format(scene.start_s, scene.end_s), clip.format(other.start_s, other.end_s), "no clips"]
@@ -118,9 +123,8 @@ def test_oracle_reward_prefers_clips_on_the_answer_scene(demo_videos) -> None:
 
 
 def test_measure_counts_hits_fallbacks_and_answers(demo_videos) -> None:
-    video = demo_videos[2]
     records = []
-    for q in video.queries:
+    for video, q in [(v, q) for v in demo_videos[:4] for q in v.queries]:
         scene = video.scenes[q.scene_index]
         idx = list(range(scene.start_frame, scene.end_frame))[:2]
         records.append({"question_id": q.query_id, "question": q.text, "options": q.options, "answer": q.answer,

@@ -69,7 +69,10 @@ def train_sft2_only(plan: Plan, *, force: bool = False) -> tuple[Path, bool, flo
     """SFT2's recipe from the untrained model (no SFT1): (final folder, whether it trained now, seconds).
 
     The run is keyed like any stage (stages.common.run_trainer): a finished one with the same config and data is
-    kept, a changed one is trained again."""
+    kept, an interrupted one resumed; one of another config or data (the demo's own folder) is trained again from
+    the start."""
+    from stages.checkpoints import foreign_checkpoints
+    from stages.common import run_key
     from stages.manifest import config_hash, data_fingerprint, read_manifest
     from stages.registry import train_stage
 
@@ -83,8 +86,11 @@ def train_sft2_only(plan: Plan, *, force: bool = False) -> tuple[Path, bool, flo
     fresh = force or done is None or done.config_hash != config_hash(cfg.model_dump(mode="json")) or (
         done.data_fingerprint != data_fingerprint(files)
     )
+    stale = (done is not None and fresh) or bool(
+        foreign_checkpoints(cfg.output_dir, run_key(cfg.model_dump(mode="json"), data_fingerprint(files), None))
+    )
     t0 = time.perf_counter()
-    final = train_stage("sft2", cfg, resume=not force)
+    final = train_stage("sft2", cfg, resume=not (force or stale))
     return final, fresh, time.perf_counter() - t0
 
 

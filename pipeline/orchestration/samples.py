@@ -49,7 +49,7 @@ def write_samples(out_dir: str | Path, cfg: SamplesSection) -> dict[str, Any]:
     common = {
         "min_scenes": cfg.min_scenes, "max_scenes": cfg.max_scenes, "fps": cfg.fps, "size": (cfg.width, cfg.height),
         "min_scene_s": cfg.min_scene_s, "max_scene_s": cfg.max_scene_s, "whole_seconds": cfg.whole_seconds,
-        "queries": cfg.queries, "barcode": cfg.barcode, "video_s": cfg.video_s,
+        "queries": cfg.queries, "barcode": cfg.barcode, "video_s": cfg.video_s, "landmark_color": cfg.landmark_color,
     }
     train = make_sample_videos(out / "videos", cfg.train_videos, seed=cfg.seed, **common)
     heldout = make_sample_videos(out / "heldout", cfg.heldout_videos, seed=cfg.seed + 7919, **common)

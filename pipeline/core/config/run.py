@@ -32,9 +32,11 @@ class SamplesSection(Section):
     video_s: int | None = Field(
         None, gt=0, description="every video this long (whole seconds): scene durations split it (needs whole_seconds)"
     )
-    queries: Literal["pair", "per_scene"] = Field(
-        "pair", description="pair: a shape and a colour query per video; per_scene: a shape query about every scene"
+    queries: Literal["pair", "per_scene", "landmark"] = Field(
+        "pair", description="pair: a shape and a colour query per video; per_scene: a shape query about every scene; "
+        "landmark: one scene per video on the landmark colour, and a shape query about it"
     )
+    landmark_color: str = Field("red", description="the landmark scene's background colour (queries: landmark)")
     barcode: bool = Field(True, description="the frame number as a barcode along the top (needs 96x48 pixels)")
 
 
