@@ -3,8 +3,9 @@
 One run of `run_demo` (configs/pipeline/demo.yaml with fewer videos and steps, seeded, one torch thread) serves both
 tests. The first checks what the report must hold whatever was learnt: every stage and the SFT2-alone ablation done,
 the three ablation rows measured on the same held-out questions against the same uniform baseline, the learning
-curves drawn. The second is the demo's purpose, the selector beating uniform sampling on videos it never saw; see
-its marker for where that stands.
+curves drawn. The second is the demo's purpose: the selector beats uniform sampling by a clear margin on videos
+it never saw (a wrong label mask, frames misaligned with their timestamps or a broken parser would leave it at
+uniform's level).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/pipeline/demo.yaml")
 SHORT = [
-    "samples.train_videos=120",
-    "samples.heldout_videos=6",
-    "sft1:train.max_steps=40",
-    "sft2:train.max_steps=40",
+    "samples.train_videos=200",
+    "samples.heldout_videos=12",
+    "sft1:train.max_steps=60",
+    "sft1:train.save_steps=60",
+    "sft2:train.max_steps=160",
+    "sft2:train.save_steps=160",
     "grpo:train.max_steps=2",
+    "grpo:train.save_steps=2",
 ]
 
 pytestmark = pytest.mark.slow
@@ -33,7 +37,7 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.orchestration.demo import run_demo
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # seeded: the same numbers on every run with 2 threads
     out = tmp_path_factory.mktemp("demo") / "out"
     run_demo(out, config=CONFIG, overrides=SHORT)
     return out
@@ -47,7 +51,7 @@ def test_shortened_demo_reports_the_ablation_and_learning_curves(demo_run: Path)
     rows = {r["training"]: r for r in results["ablation"]}
     assert list(rows) == ["SFT2 only", "SFT1 + SFT2", "SFT1 + SFT2 + GRPO"]
     questions = {r["questions"] for r in rows.values()}
-    assert questions == {results["headline"]["questions"]} and questions.pop() == 6 * 4  # 4 scenes, 1 question each
+    assert questions == {results["headline"]["questions"]} and questions.pop() == 12  # one question per video
     baseline = {(r["uniform_frame_hit_rate"], r["uniform_accuracy"]) for r in rows.values()}
     assert len(baseline) == 1  # one uniform baseline: the same questions, the same k
     for r in rows.values():
@@ -59,13 +63,9 @@ def test_shortened_demo_reports_the_ablation_and_learning_curves(demo_run: Path)
     assert (demo_run / "ablation/sft2_only/final/stage.json").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the demo selector does not yet learn to find the scene in minutes on a CPU: its frames hit the answer "
-    "scene no more often than uniform ones (see the learning curves in the demo report)",
-)
 def test_shortened_demo_selector_beats_uniform_on_heldout_videos(demo_run: Path) -> None:
     head = json.loads((demo_run / "demo_results.json").read_text())["headline"]
     assert head["fallback_rate"] <= 0.25
     assert head["selector_frame_hit_rate"] >= 1.5 * head["uniform_frame_hit_rate"]
-    assert head["selector_accuracy"] > head["uniform_accuracy"]
+    assert head["selector_scene_recall"] >= head["uniform_scene_recall"] + 0.25
+    assert head["selector_accuracy"] >= head["uniform_accuracy"] + 0.25

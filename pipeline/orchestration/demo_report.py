@@ -105,6 +105,15 @@ def _mark(ok: bool | None) -> str:
     return {True: "met", False: "**not met**", None: "not measured"}[ok]
 
 
+def _world(samples: Any) -> str:
+    """What the questions ask, in the words of the report."""
+    if samples.queries == "landmark":
+        return (f"one scene of every video, wherever it falls, is on a {samples.landmark_color} background, and the "
+                f"question asks for its shape (\"What shape is shown on the {samples.landmark_color} background?\"), "
+                "so the answer is visible in that scene only.")
+    return "a question names a scene's colour and asks for its shape, so the answer is visible in that scene only."
+
+
 def render_report(
     plan: Any,
     *,
@@ -127,8 +136,7 @@ def render_report(
             f"The K-frames curriculum (SFT1 -> SFT2 -> GRPO) trained a small Qwen2.5-VL, built locally with random "
             f"weights, on {samples.train_videos} generated videos, and was measured on {samples.heldout_videos} "
             f"held-out generated videos it never saw ({headline['questions']} questions). Each scene of a video has "
-            "its own background colour and shape; a question names a scene's colour and asks for its shape, so the "
-            "answer is visible in that scene only."
+            f"its own background colour and shape; {_world(samples)}"
         ),
         "",
         f"## Held-out questions: selector vs. uniform sampling (k = {k})",
