@@ -146,7 +146,7 @@ def test_a_changed_config_or_a_forced_submission_starts_the_array_over_once(
         videos = data_videos(shared_data, tmp_path / "videos")
         path = annotated_pipeline(tmp_path, videos, data_queries(tmp_path / "q.jsonl"), server.url, tmp_path / "run")
         plan = load_pipeline(str(path))
-        assert open_stage(plan, "data") == ("start", "not run yet")
+        assert open_stage(plan, "data") == ("start", "no earlier run")
         marker = plan.stage_dir("data") / "videos" / "bikes.json"
         marker.parent.mkdir()
         marker.write_text("{}")

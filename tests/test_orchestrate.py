@@ -184,7 +184,7 @@ def test_cli_status_and_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["run", "--config", str(ROOT / "configs/pipeline/tiny.yaml"), "--set", f"output_dir={tmp_path}",
                  "--status"]) == 0
     out = capsys.readouterr().out
-    assert "data" in out and "todo" in out and "not run yet" in out
+    assert "data" in out and "todo" in out and "no earlier run" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("stage: pipeline\nstages: {data: nope.yaml, sft1: a, sft2: b, grpo: c}\n")
     assert main(["run", "--config", str(bad)]) == 2

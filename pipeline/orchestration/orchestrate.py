@@ -320,7 +320,7 @@ def decide(plan: Plan, stage: str, *, force: bool = False) -> tuple[Action, str]
     if force:
         return "start", "--force"
     if record is None:
-        return "start", "not run yet"
+        return "start", "no earlier run"
     if record.key != key:
         return "start", "its config or an upstream stage changed"
     if record.status == "done":
