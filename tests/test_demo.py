@@ -58,6 +58,14 @@ def test_demo_scene_detector_finds_every_generated_cut(demo_videos) -> None:
         assert [(s.start_frame, s.end_frame) for s in found] == [(s.start_frame, s.end_frame) for s in video.scenes]
 
 
+def test_the_config_offers_exactly_the_generators_colours_as_landmarks() -> None:
+    from typing import get_args
+
+    from pipeline.core.config.run import SamplesSection
+
+    assert set(get_args(SamplesSection.model_fields["landmark_color"].annotation)) == set(COLORS)
+
+
 def test_palette_is_far_apart_in_luma() -> None:
     luma = sorted(0.299 * r + 0.587 * g + 0.114 * b for r, g, b in COLORS.values())
     assert min(b - a for a, b in zip(luma, luma[1:])) >= 15

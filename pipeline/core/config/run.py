@@ -36,7 +36,9 @@ class SamplesSection(Section):
         "pair", description="pair: a shape and a colour query per video; per_scene: a shape query about every scene; "
         "landmark: one scene per video on the landmark colour, and a shape query about it"
     )
-    landmark_color: str = Field("red", description="the landmark scene's background colour (queries: landmark)")
+    landmark_color: Literal["red", "green", "blue", "yellow", "purple", "orange", "cyan", "gray"] = Field(
+        "red", description="the landmark scene's background colour (queries: landmark), one of the generator's palette"
+    )
     barcode: bool = Field(True, description="the frame number as a barcode along the top (needs 96x48 pixels)")
 
 
