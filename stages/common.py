@@ -220,14 +220,24 @@ def save_final(trainer: Any, processor: Any, cfg: Any, manifest: StageManifest, 
     return final
 
 
+# What may change between a run and its continuation: where it is written, how long it goes on (a longer
+# `max_steps` continues the run; a decaying learning rate then follows the new length from the resumed step), how
+# often it saves and logs, and where its servers are.
+CONTINUATION_FIELDS: tuple[str, ...] = (
+    "output_dir", "train.max_steps", "train.num_epochs", "train.save_steps", "train.save_total_limit",
+    "train.logging_steps", "train.dataloader_num_workers", "train.report_to", *GRPO_ENDPOINT_FIELDS,
+)
+
+
 def run_key(config: dict[str, Any], fingerprint: str, init_manifest: StageManifest | None) -> str:
-    """What a training run's result depends on: its config (less the server addresses), its data and, after another
-    stage, that stage's finished model (its config, data and step). A checkpoint is resumed only under the same key."""
+    """What the steps a training run has taken depend on: its config (less `CONTINUATION_FIELDS`), its data and,
+    after another stage, that stage's finished model (its config, data and step). A checkpoint is resumed only by a
+    run with the same key."""
     import copy
     import hashlib
 
     config = copy.deepcopy(config)
-    for dotted in GRPO_ENDPOINT_FIELDS:
+    for dotted in CONTINUATION_FIELDS:
         *parents, leaf = dotted.split(".")
         section = config
         for name in parents:

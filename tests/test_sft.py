@@ -404,7 +404,7 @@ def test_checkpoints_of_another_run_are_told_apart_by_their_run_key(tmp_path):
     assert foreign_checkpoints(tmp_path, "run-a") == [tmp_path / "checkpoint-4"]  # no key: written before keys
 
 
-def test_run_key_follows_config_data_and_starting_model_but_not_server_addresses():
+def test_run_key_follows_config_data_and_starting_model_but_not_length_or_server_addresses():
     from stages.common import run_key
     from stages.manifest import StageManifest
 
@@ -413,6 +413,8 @@ def test_run_key_follows_config_data_and_starting_model_but_not_server_addresses
     base = run_key(config, "data-1", None)
     moved = {**config, "reward": {"downstream": {"url": "http://node-b:9000/v1"}}, "grpo": {"vllm_server_url": "x"}}
     assert run_key(moved, "data-1", None) == base  # a requeue on another node resumes
+    longer = {**config, "train": {"learning_rate": 1e-3, "max_steps": 500, "save_steps": 50}, "output_dir": "moved"}
+    assert run_key(longer, "data-1", None) == base  # training for longer continues the run
     assert run_key({**config, "train": {"learning_rate": 2e-3}}, "data-1", None) != base
     assert run_key(config, "data-2", None) != base
     sft1 = StageManifest(stage="sft1", started_from="demo", base_model="demo", config={}, config_hash="c",
