@@ -49,10 +49,17 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT back to its default. A job started in the background by a non-interactive
+    shell (CI runners, `nohup ... &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_when_busy(cmd: list[str], env: dict[str, str], log: Path, busy: Callable[[], bool], sig: int) -> None:
     """Start `cmd`, send `sig` to it as soon as `busy()` (it has written part of its output), wait for it to end."""
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_ctrl_c_as_in_a_terminal)
         deadline = time.monotonic() + 1800  # a loaded 2-core machine is slow; progress, not time, decides
         try:
             while not busy():
