@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import GRPO_ENDPOINT_FIELDS
+from pipeline.core.config import GRPO_ENDPOINT_FIELDS, without_fields
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import OutputLock, file_digests
 from stages.checkpoints import (
@@ -233,20 +233,12 @@ def run_key(config: dict[str, Any], fingerprint: str, init_manifest: StageManife
     """What the steps a training run has taken depend on: its config (less `CONTINUATION_FIELDS`), its data and,
     after another stage, that stage's finished model (its config, data and step). A checkpoint is resumed only by a
     run with the same key."""
-    import copy
     import hashlib
 
-    config = copy.deepcopy(config)
-    for dotted in CONTINUATION_FIELDS:
-        *parents, leaf = dotted.split(".")
-        section = config
-        for name in parents:
-            section = section.get(name) if isinstance(section, dict) else None
-        if isinstance(section, dict):
-            section.pop(leaf, None)
     start = None if init_manifest is None else [init_manifest.config_hash, init_manifest.data_fingerprint,
                                                  init_manifest.global_step]
-    blob = json.dumps({"config": config, "data": fingerprint, "init": start}, sort_keys=True, default=str)
+    blob = json.dumps({"config": without_fields(config, CONTINUATION_FIELDS), "data": fingerprint, "init": start},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -83,12 +83,9 @@ def train_sft2_only(plan: Plan, *, force: bool = False) -> tuple[Path, bool, flo
     final = Path(cfg.output_dir) / "final"
     done = read_manifest(final)
     files = {"train": cfg.data.train_file, "eval": cfg.data.eval_file}
-    fresh = force or done is None or done.config_hash != config_hash(cfg.model_dump(mode="json")) or (
-        done.data_fingerprint != data_fingerprint(files)
-    )
-    stale = (done is not None and fresh) or bool(
-        foreign_checkpoints(cfg.output_dir, run_key(cfg.model_dump(mode="json"), data_fingerprint(files), None))
-    )
+    config, fingerprint = cfg.model_dump(mode="json"), data_fingerprint(files)
+    fresh = force or done is None or done.config_hash != config_hash(config) or done.data_fingerprint != fingerprint
+    stale = (done is not None and fresh) or bool(foreign_checkpoints(cfg.output_dir, run_key(config, fingerprint, None)))
     t0 = time.perf_counter()
     final = train_stage("sft2", cfg, resume=not (force or stale))
     return final, fresh, time.perf_counter() - t0

@@ -43,6 +43,7 @@ from pipeline.core.config import (
     load_config,
     load_recipe,
     load_yaml,
+    without_fields,
 )
 from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.io import OutputLock, atomic_write_json
@@ -103,19 +104,6 @@ def _now() -> str:
 
 def _sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _without_endpoints(stage: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config less its ENDPOINT_FIELDS (what the stage key hashes)."""
-    out = json.loads(json.dumps(config, default=str))
-    for dotted in ENDPOINT_FIELDS.get(stage, ()):
-        *parents, leaf = dotted.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return out
 
 
 def file_fingerprint(path: str | Path | None) -> str | None:
@@ -255,7 +243,7 @@ def make_plan(pipe: PipelineConfig, source: str = "pipeline") -> Plan:
         plan.keys[stage] = _sha256(
             {
                 "stage": stage,
-                "config": _without_endpoints(stage, plan.configs[stage].model_dump(mode="json")),
+                "config": without_fields(plan.configs[stage].model_dump(mode="json"), ENDPOINT_FIELDS.get(stage, ())),
                 "upstream": {u: plan.keys[u] for u in UPSTREAM[stage]},
                 "outside": outside,
             }

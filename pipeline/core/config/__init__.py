@@ -18,6 +18,7 @@ from pipeline.core.config.base import (
     TrainStage,
     finite_float,
     positive_int,
+    without_fields,
 )
 from pipeline.core.config.common import (
     DownstreamSection,
@@ -64,7 +65,7 @@ from pipeline.core.config.train import GRPO_ENDPOINT_FIELDS, GRPOConfig, GRPOSec
 
 __all__ = [
     "GRPO_ENDPOINT_FIELDS",
-    "RECIPE_STAGES", "SAMPLER_MODES", "STAGES", "TRAIN_STAGES", "Dtype", "RecipeStage", "SamplerMode", "Section",
+    "RECIPE_STAGES", "SAMPLER_MODES", "STAGES", "TRAIN_STAGES", "Dtype", "RecipeStage", "SamplerMode", "Section", "without_fields",
     "Stage", "TrainStage", "finite_float", "positive_int", "DownstreamSection", "SamplerSection", "FramesSection", "LoraSection", "ModelSection", "TaskFilesSection",
     "CaptionsSection", "ClipsSection", "DataConfig", "LLMSection", "QueriesSection", "RelevanceSection",
     "ScenesSection", "TasksSection", "EvalConfig", "SelectorSection", "STAGE_CONFIGS", "add_config_args",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from typing import Literal, get_args
+from collections.abc import Iterable
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,6 +21,20 @@ STAGES: tuple[str, ...] = get_args(Stage)
 TRAIN_STAGES: tuple[str, ...] = get_args(TrainStage)
 RECIPE_STAGES: tuple[str, ...] = get_args(RecipeStage)
 SAMPLER_MODES: tuple[str, ...] = get_args(SamplerMode)
+
+
+def without_fields(config: dict[str, Any], dotted: Iterable[str]) -> dict[str, Any]:
+    """A copy of a resolved config (`model_dump(mode="json")`) less the fields named `section.field`: what a key
+    that must not change with them (a server's address, how long a run goes on) hashes."""
+    out = json.loads(json.dumps(config, default=str))
+    for name in dotted:
+        *parents, leaf = name.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 class Section(BaseModel):
